@@ -1,0 +1,48 @@
+# Wardgate: `make run` starts a single-node cluster with the example Services; `make test` checks everything.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+APT_PACKAGES := wireguard-go wireguard-tools iproute2
+STAMP := $(VENV)/.installed
+HOME_DIR ?= .wardgate
+DOMAIN ?= wardgate.localhost
+
+.PHONY: install apt-packages test lint typecheck imports unit run clean
+
+install: apt-packages $(STAMP)
+
+apt-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check agent cluster client tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+imports: install
+	$(BIN)/lint-imports
+
+unit: install
+	$(BIN)/pytest
+
+test: lint typecheck imports unit
+
+run: install
+	HOME_DIR=$(HOME_DIR) DOMAIN=$(DOMAIN) BIN=$(BIN) scripts/run-node.sh
+
+clean:
+	rm -rf $(VENV) $(HOME_DIR) build *.egg-info

@@ -1,0 +1,1 @@
+"""Wardgate node agent: keeps the node's WireGuard interface equal to the live client sessions."""

@@ -1,0 +1,1 @@
+"""Wardgate clients: `wardgatectl` (administration) and `wardgate` (a user's client)."""

@@ -1,0 +1,215 @@
+"""`wardgatectl`: parse the command line, call the admin API, print. No logic beyond presentation."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from client.api import ApiClient, ClientError, resolve_connection
+from cluster.resources.kinds import KINDS, plural_to_kind
+from cluster.resources.manifest import ManifestError, parse_documents
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ClientError(f"{raw}: no such file or directory")
+    if not files:
+        raise ClientError("no manifest files (*.yaml, *.yml, *.json) found in " + ", ".join(paths))
+    return files
+
+
+def read_documents(paths: list[str]) -> list[dict[str, Any]]:
+    documents: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for path in manifest_files(paths):
+        try:
+            for index, obj in parse_documents(path.read_text(), str(path)):
+                documents.append({"source": str(path), "index": index, "object": obj})
+        except ManifestError as exc:
+            problems.extend(str(p) for p in exc.problems)
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: {exc}")
+    if problems:
+        raise ClientError("nothing applied", problems)
+    return documents
+
+
+def _age(item: dict[str, Any]) -> str:
+    created = item.get("metadata", {}).get("createdAt")
+    if not created:
+        return "-"
+    seconds = int((datetime.now(UTC) - datetime.fromisoformat(created)).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _columns(kind: str, item: dict[str, Any]) -> dict[str, str]:
+    spec = item.get("spec", {})
+    row = {"NAME": item["metadata"]["name"]}
+    if kind == "Service":
+        config = spec.get("config") or (spec.get("dynamicConfig") or {}).get("configs", [{}])[0]
+        row["PUBLIC"] = str(spec.get("isPublic", False)).lower()
+        row["UPSTREAM"] = config.get("upstream", {}).get("url", "-")
+        row["CONFIGS"] = str(1 + len((spec.get("dynamicConfig") or {}).get("configs", [])))
+    elif kind == "User":
+        row["TYPE"] = spec.get("type", "")
+        row["GROUPS"] = ",".join(spec.get("groups", [])) or "-"
+        row["EMAIL"] = spec.get("email") or "-"
+    elif kind in ("Credential", "Session"):
+        row["TYPE"] = spec.get("type", "")
+        row["USER"] = spec.get("user", "")
+        row["EXPIRES"] = spec.get("expiresAt") or "never"
+    elif kind == "Secret":
+        row["KEYS"] = ",".join(spec.get("data", {})) or "-"
+    elif kind == "Policy":
+        row["RULES"] = str(len(spec.get("rules", [])))
+    row["AGE"] = _age(item)
+    return row
+
+
+def print_table(kind: str, items: list[dict[str, Any]]) -> None:
+    if not items:
+        print(f"No {KINDS[kind].plural} found.")
+        return
+    rows = [_columns(kind, item) for item in items]
+    headers = list(rows[0])
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
+    print("   ".join(h.ljust(widths[h]) for h in headers).rstrip())
+    for r in rows:
+        print("   ".join(r[h].ljust(widths[h]) for h in headers).rstrip())
+
+
+async def cmd_apply(api: ApiClient, args: argparse.Namespace) -> int:
+    documents = read_documents(args.filename)
+    result = await api.call(
+        "POST", "/api/v1/apply", {"documents": documents, "dryRun": args.dry_run, "prune": args.prune}
+    )
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    suffix = " (dry run)" if result.get("dryRun") else ""
+    for r in result["results"]:
+        print(f"{r['kind'].lower()}/{r['name']} {r['action']}{suffix}")
+    return 0
+
+
+async def cmd_get(api: ApiClient, args: argparse.Namespace) -> int:
+    kind = plural_to_kind(args.kind)
+    plural = KINDS[kind].plural
+    if args.name:
+        data = await api.call("GET", f"/api/v1/{plural}/{args.name}")
+        items = [data]
+    else:
+        data = await api.call("GET", f"/api/v1/{plural}")
+        items = data["items"]
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump_all(items, sort_keys=False), end="")
+    else:
+        print_table(kind, items)
+    return 0
+
+
+async def cmd_delete(api: ApiClient, args: argparse.Namespace) -> int:
+    kind = plural_to_kind(args.kind)
+    await api.call("DELETE", f"/api/v1/{KINDS[kind].plural}/{args.name}")
+    print(f"{kind.lower()}/{args.name} deleted")
+    return 0
+
+
+def _read_value_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(f"--from-file: {exc}") from None
+
+
+async def cmd_create_secret(api: ApiClient, args: argparse.Namespace) -> int:
+    value = args.value if args.value is not None else _read_value_file(args.from_file)
+    body = {"kind": "Secret", "metadata": {"name": args.name}, "spec": {"data": {"value": value}}}
+    result = await api.call("PUT", f"/api/v1/secrets/{args.name}", body)
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"secret/{args.name} {result['action']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wardgatectl", description="Administer a Wardgate cluster")
+    parser.add_argument(
+        "--config", help="wardgatectl.toml (default: $WARDGATE_CONFIG or ~/.config/wardgate/)"
+    )
+    parser.add_argument("--url", help="admin API URL (or $WARDGATE_URL)")
+    parser.add_argument("--ca", help="CA certificate file (or $WARDGATE_CA)")
+    parser.add_argument("--token", help="admin token (prefer $WARDGATE_TOKEN: flags show in `ps`)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("apply", help="create or update resources from YAML files or directories")
+    p.add_argument("-f", "--filename", action="append", required=True, help="file or directory (repeatable)")
+    p.add_argument("--prune", action="store_true", help="delete applied-kind resources no longer declared")
+    p.add_argument("--dry-run", action="store_true", help="validate and report, write nothing")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("get", help="list resources of a kind, or show one")
+    p.add_argument("kind")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("delete", help="delete a resource (deleting a session revokes it)")
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("create", help="create a secret")
+    create = p.add_subparsers(dest="what", required=True)
+    s = create.add_parser("secret", help="create or replace a Secret (the value is never printed)")
+    s.add_argument("name")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--value")
+    source.add_argument("--from-file")
+    s.set_defaults(func=cmd_create_secret)
+    return parser
+
+
+async def _main(args: argparse.Namespace) -> int:
+    connection = resolve_connection(args.config, args.url, args.ca, args.token)
+    async with ApiClient(connection) as api:
+        code: int = await args.func(api, args)
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_main(args))
+    except ClientError as exc:
+        print(f"wardgatectl: error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    except KeyError as exc:
+        print(f"wardgatectl: error: {exc.args[0]}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Admin routes: resource CRUD and apply under /api/v1, JSON in and out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api.admission import admit
+from cluster.api.apply import MANAGED_BY_APPLY, plan_apply
+from cluster.api.state import CHECK_EXPRESSION, STORE
+from cluster.errors import Invalid, NotFound
+from cluster.resources.kinds import AnyResource, plural_to_kind, public_view
+from cluster.resources.manifest import ManifestError, validate_document
+from cluster.store import Create, Delete, Update
+
+routes = web.RouteTableDef()
+
+
+def _kind(request: web.Request) -> str:
+    try:
+        return plural_to_kind(request.match_info["plural"])
+    except KeyError as exc:
+        raise NotFound(str(exc.args[0])) from None
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise Invalid("the request body is not JSON") from None
+
+
+@routes.get("/api/v1/{plural}")
+async def list_resources(request: web.Request) -> web.Response:
+    items = await request.app[STORE].list_kind(_kind(request))
+    return web.json_response({"items": [public_view(r) for r in items]})
+
+
+@routes.get("/api/v1/{plural}/{name}")
+async def get_resource(request: web.Request) -> web.Response:
+    resource = await request.app[STORE].get(_kind(request), request.match_info["name"])
+    return web.json_response(public_view(resource))
+
+
+async def _stored(request: web.Request) -> dict[tuple[str, str], AnyResource]:
+    _, everything = await request.app[STORE].snapshot()
+    return {(r.kind, r.metadata.name): r for r in everything}
+
+
+def _with(
+    stored: dict[tuple[str, str], AnyResource], incoming: list[AnyResource]
+) -> dict[tuple[str, str], AnyResource]:
+    return {**stored, **{(r.kind, r.metadata.name): r for r in incoming}}
+
+
+def _admit(
+    request: web.Request, incoming: list[AnyResource], visible: dict[tuple[str, str], AnyResource]
+) -> list[str]:
+    errors, warnings = admit(incoming, visible, request.app[CHECK_EXPRESSION])
+    if errors:
+        raise Invalid("rejected: " + "; ".join(errors), errors)
+    return warnings
+
+
+@routes.put("/api/v1/{plural}/{name}")
+async def put_resource(request: web.Request) -> web.Response:
+    """Create or replace one resource (used by `create secret`); status is kept by the cluster."""
+    kind, name = _kind(request), request.match_info["name"]
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise Invalid("the request body must be a resource object")
+    try:
+        resource = validate_document({**body, "kind": kind}, "request", 1)
+    except ManifestError as exc:
+        raise Invalid(str(exc), [str(p) for p in exc.problems]) from None
+    if resource.metadata.name != name:
+        raise Invalid(f"metadata.name {resource.metadata.name!r} does not match the URL ({name!r})")
+    if kind in ("Credential", "Session"):
+        raise Invalid(f"{kind} resources are made by the cluster, not written directly")
+    warnings = _admit(request, [resource], _with(await _stored(request), [resource]))
+    store = request.app[STORE]
+    try:
+        current = await store.get(kind, name)
+    except NotFound:
+        (stored,) = await store.commit([Create(resource.with_metadata(managed_by="cli"))])
+        action = "created"
+    else:
+        update = resource.model_copy(update={"status": current.status}).with_metadata(
+            managed_by=current.metadata.managed_by,
+            resource_version=resource.metadata.resource_version or current.metadata.resource_version,
+        )
+        (stored,) = await store.commit([Update(update)])
+        action = "configured"
+    assert stored is not None
+    return web.json_response({"action": action, "resource": public_view(stored), "warnings": warnings})
+
+
+@routes.delete("/api/v1/{plural}/{name}")
+async def delete_resource(request: web.Request) -> web.Response:
+    kind, name = _kind(request), request.match_info["name"]
+    await request.app[STORE].commit([Delete(kind, name, request.query.get("resourceVersion"))])
+    return web.json_response({"action": "deleted", "kind": kind, "name": name})
+
+
+@routes.post("/api/v1/apply")
+async def apply(request: web.Request) -> web.Response:
+    """Body: {documents: [{source, index, object}], dryRun, prune}. All documents are validated and
+    admitted before one atomic commit; any problem means nothing is written."""
+    body = await _json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
+        raise Invalid("expected {documents: [...], dryRun: bool, prune: bool}")
+    resources: list[AnyResource] = []
+    problems: list[str] = []
+    for entry in body["documents"]:
+        if not isinstance(entry, dict):
+            raise Invalid("each document entry must be {source, index, object}")
+        try:
+            resources.append(
+                validate_document(
+                    entry.get("object"), str(entry.get("source", "?")), int(entry.get("index", 0))
+                )
+            )
+        except ManifestError as exc:
+            problems.extend(str(p) for p in exc.problems)
+    if problems:
+        raise Invalid("nothing applied: " + "; ".join(problems), problems)
+    stored = await _stored(request)
+    warnings = _admit(request, resources, _with(stored, resources))
+    kinds = {r.kind for r in resources}
+    existing = {key: r for key, r in stored.items() if key[0] in kinds}
+    ops, outcomes = plan_apply(resources, existing, bool(body.get("prune")))
+    if not body.get("dryRun"):
+        await request.app[STORE].commit(ops)
+    return web.json_response(
+        {
+            "dryRun": bool(body.get("dryRun")),
+            "results": [{"kind": o.kind, "name": o.name, "action": o.action.value} for o in outcomes],
+            "warnings": warnings,
+            "managedBy": MANAGED_BY_APPLY,
+        }
+    )

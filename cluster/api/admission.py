@@ -1,0 +1,80 @@
+"""Checks that need more than one resource or compiled code: run before any write, never half-way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from cluster.resources.common import Authorization, Rule
+from cluster.resources.kinds import AnyResource
+from cluster.resources.policy import Policy
+from cluster.resources.service import Service, condition_expressions
+from cluster.resources.user import Group, User
+
+ExpressionCheck = Callable[[str], str | None]
+"""Returns None when a CEL source compiles, else the compiler's message (with its position)."""
+
+
+def _rule_expressions(rules: list[Rule], where: str) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for j, rule in enumerate(rules):
+        found.extend(condition_expressions(rule.condition, f"{where}rules[{j}].condition"))
+    return found
+
+
+def _expressions(resource: AnyResource) -> list[tuple[str, str]]:
+    if isinstance(resource, Policy):
+        return _rule_expressions(resource.spec.rules, "spec.")
+    found = resource.spec.expressions() if isinstance(resource, Service) else []
+    authorization = _authorization_of(resource)
+    if authorization is not None:
+        for i, inline in enumerate(authorization.inline_policies):
+            found.extend(
+                _rule_expressions(inline.spec.rules, f"spec.authorization.inlinePolicies[{i}].spec.")
+            )
+    return found
+
+
+def _authorization_of(resource: AnyResource) -> Authorization | None:
+    if isinstance(resource, Service | User | Group):
+        return resource.spec.authorization
+    return None
+
+
+def _dangling(resource: AnyResource, visible: Mapping[tuple[str, str], AnyResource]) -> list[str]:
+    found: list[str] = []
+    if isinstance(resource, Service):
+        for config_name, config in resource.spec.all_configs():
+            auth = config.http.auth
+            for ref in auth.secret_refs() if auth is not None else []:
+                if ("Secret", ref.from_secret) not in visible:
+                    found.append(
+                        f"config {config_name!r} uses secret {ref.from_secret!r}, which does not exist yet; "
+                        "requests will fail until it is created"
+                    )
+    authorization = _authorization_of(resource)
+    for name in authorization.policies if authorization is not None else []:
+        if ("Policy", name) not in visible:
+            found.append(f"policy {name!r} does not exist; it allows nothing until created")
+    for group in resource.spec.groups if isinstance(resource, User) else []:
+        if ("Group", group) not in visible:
+            found.append(f"group {group!r} does not exist")
+    return found
+
+
+def admit(
+    resources: Iterable[AnyResource],
+    visible: Mapping[tuple[str, str], AnyResource],
+    check_expression: ExpressionCheck,
+) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for writing `resources`, given every resource that will exist afterwards
+    (`visible`, keyed by kind and name). Errors block the whole write; warnings are reported."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    for resource in resources:
+        label = f"{resource.kind.lower()}/{resource.metadata.name}"
+        for path, source in _expressions(resource):
+            message = check_expression(source)
+            if message is not None:
+                errors.append(f"{label}: {path}: {message}")
+        warnings.extend(f"{label}: {text}" for text in _dangling(resource, visible))
+    return errors, warnings

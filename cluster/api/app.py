@@ -1,0 +1,92 @@
+"""The admin application: middlewares (request id and access log, errors, authentication) and routes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api import admin
+from cluster.api.admission import ExpressionCheck
+from cluster.api.auth import authenticate_admin
+from cluster.api.errors import error_middleware, error_response
+from cluster.api.state import ACCESS_LOG, CACHE, CHECK_EXPRESSION, NODE, STORE
+from cluster.errors import Forbidden, Unauthenticated
+from cluster.observability.accesslog import AccessLog
+from cluster.store import Store
+from cluster.store.cache import ResourceCache
+
+CALLER = "wardgate.caller"
+DENIAL = "wardgate.denial"
+PUBLIC_PATHS = frozenset({"/healthz"})
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex
+    request[CALLER] = None
+    request[DENIAL] = None
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        response.headers["x-request-id"] = request_id
+        return response
+    finally:
+        caller = request[CALLER]
+        request.app[ACCESS_LOG].write(
+            {
+                "time": datetime.now(UTC).isoformat(),
+                "requestId": request_id,
+                "node": request.app[NODE],
+                "listener": "admin",
+                "user": caller.user if caller else None,
+                "credential": caller.credential if caller else None,
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "reason": request[DENIAL],
+                "remote": request.remote,
+                "durationMs": round((time.perf_counter() - started) * 1000, 3),
+            }
+        )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path not in PUBLIC_PATHS:
+        try:
+            request[CALLER] = authenticate_admin(request.app[CACHE], request.headers.get("Authorization"))
+        except Unauthenticated as exc:
+            request[DENIAL] = str(exc)
+            return error_response(401, "unauthenticated", "a valid admin credential is required")
+        except Forbidden as exc:
+            request[DENIAL] = str(exc)
+            return error_response(403, "forbidden", "admin rights are required")
+    result: web.StreamResponse = await handler(request)
+    return result
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "revision": request.app[CACHE].revision})
+
+
+def make_admin_app(
+    store: Store, cache: ResourceCache, access_log: AccessLog, check_expression: ExpressionCheck, node: str
+) -> web.Application:
+    app = web.Application(
+        middlewares=[access_log_middleware, error_middleware, auth_middleware],
+        client_max_size=16 * 1024 * 1024,
+    )
+    app[STORE] = store
+    app[CACHE] = cache
+    app[ACCESS_LOG] = access_log
+    app[CHECK_EXPRESSION] = check_expression
+    app[NODE] = node
+    app.router.add_get("/healthz", healthz)
+    app.router.add_routes(admin.routes)
+    return app

@@ -1,0 +1,100 @@
+"""`wardgate-cluster init`: make a cluster home (PKI, keys, settings, store, root admin credential)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from cluster.config import Home
+from cluster.errors import Invalid
+from cluster.identity import credentials
+from cluster.identity.pki import make_ca, make_serving_cert
+from cluster.resources.credential import Credential
+from cluster.resources.kinds import AnyResource
+from cluster.resources.user import Group, User
+from cluster.store import Create
+from cluster.store.sealing import Sealer
+from cluster.store.sqlite import SQLiteStore
+
+ADMIN_USER = "root"
+ADMIN_GROUP = "admins"
+ADMIN_CREDENTIAL = "root-admin"
+
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def init_home(root: Path, domain: str, admin_listen: str = "127.0.0.1:9443") -> Home:
+    """Create a new cluster home at `root` (which must be absent or empty). Returns the Home."""
+    domain = domain.lower().rstrip(".")
+    if not _DOMAIN.fullmatch(domain):
+        raise Invalid(f"--domain {domain!r} is not a DNS name")
+    if root.exists() and any(root.iterdir()):
+        raise Invalid(f"{root} is not empty: a cluster home is initialised once")
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    home = Home(root)
+    make_ca(home.root, domain)
+    make_serving_cert(home.root, domain)
+    Sealer.generate(home.store_key)
+    signing = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _write_private(home.signing_key, signing.decode())
+    home.settings.write_text(
+        f'domain = "{domain}"\n\n[admin]\nlisten = "{admin_listen}"\n\n'
+        '[store]\npath = "store.db"\n\n[log]\naccess_log = "access.log"\nstdout = true\n'
+    )
+    token = asyncio.run(_seed_store(home))
+    _write_private(home.admin_token, token + "\n")
+    _write_private(
+        home.ctl_config,
+        f'url = "https://{admin_listen}"\nca_file = "{home.ca_cert}"\ntoken_file = "{home.admin_token}"\n',
+    )
+    return home
+
+
+async def _seed_store(home: Home) -> str:
+    token, sha, prefix = credentials.generate(ADMIN_CREDENTIAL)
+    seed: list[AnyResource] = [
+        Group.model_validate(
+            {
+                "kind": "Group",
+                "metadata": {"name": ADMIN_GROUP},
+                "spec": {"description": "cluster administrators"},
+            }
+        ),
+        User.model_validate(
+            {
+                "kind": "User",
+                "metadata": {"name": ADMIN_USER},
+                "spec": {"type": "HUMAN", "groups": [ADMIN_GROUP]},
+            }
+        ),
+        Credential.model_validate(
+            {
+                "kind": "Credential",
+                "metadata": {"name": ADMIN_CREDENTIAL},
+                "spec": {"type": "ACCESS_TOKEN", "user": ADMIN_USER},
+                "status": {"tokenSha256": sha, "tokenPrefix": prefix},
+            }
+        ),
+    ]
+    store = SQLiteStore(home.path("store.db"), Sealer.from_file(home.store_key))
+    try:
+        await store.commit([Create(r.with_metadata(managed_by="init")) for r in seed])
+    finally:
+        await store.close()
+    return token

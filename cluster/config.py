@@ -1,0 +1,87 @@
+"""Cluster settings: `<home>/cluster.toml`, composed of each component's settings, loaded with tomllib."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cluster.errors import Invalid
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+class AdminSettings(BaseModel):
+    """The admin API listener (HTTPS, the cluster certificate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    listen: str = "127.0.0.1:9443"
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+
+class StoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: str = "store.db"
+
+
+class LogSettings(BaseModel):
+    """Access log: JSON lines to this file (relative to the home) and to stdout."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    access_log: str = "access.log"
+    stdout: bool = True
+
+
+class ClusterSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    domain: str
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+
+class Home:
+    """The files of a cluster home directory (written by `wardgate-cluster init`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.settings = self.root / "cluster.toml"
+        self.ca_cert = self.root / "ca.crt"
+        self.ca_key = self.root / "ca.key"
+        self.tls_cert = self.root / "tls.crt"
+        self.tls_key = self.root / "tls.key"
+        self.store_key = self.root / "store.key"
+        self.signing_key = self.root / "signing.key"
+        self.admin_token = self.root / "admin.token"
+        self.ctl_config = self.root / "wardgatectl.toml"
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def load(self) -> ClusterSettings:
+        try:
+            raw = tomllib.loads(self.settings.read_text())
+        except FileNotFoundError:
+            raise Invalid(
+                f"{self.settings} not found: run `wardgate-cluster init --home {self.root}`"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise Invalid(f"{self.settings}: {exc}") from None
+        try:
+            return ClusterSettings.model_validate(raw)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_url=False)
+            ]
+            raise Invalid(f"{self.settings}: " + "; ".join(problems), problems) from None

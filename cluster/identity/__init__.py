@@ -1,0 +1,1 @@
+"""Who is this: certificates, credentials, tokens and sessions."""

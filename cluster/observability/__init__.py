@@ -1,0 +1,1 @@
+"""What the cluster tells operators: access logs (and later traces and metrics)."""

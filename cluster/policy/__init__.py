@@ -1,0 +1,1 @@
+"""Policy: CEL conditions, rule evaluation and decisions."""

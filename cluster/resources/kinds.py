@@ -1,0 +1,65 @@
+"""The registry of kinds: name and plural to model class, and (de)serialisation of stored documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.resources.credential import Credential, Secret
+from cluster.resources.identity_provider import IdentityProvider
+from cluster.resources.policy import Policy
+from cluster.resources.service import Service
+from cluster.resources.session import Session
+from cluster.resources.user import Group, User
+
+AnyResource = Service | Policy | User | Group | Credential | Secret | Session | IdentityProvider
+
+KINDS: dict[str, type[AnyResource]] = {
+    cls.kind_name: cls
+    for cls in (Service, Policy, User, Group, Credential, Secret, Session, IdentityProvider)
+}
+
+APPLYABLE_KINDS = frozenset({"Service", "Policy", "User", "Group", "Secret", "IdentityProvider"})
+"""Kinds `apply` accepts. Credentials and Sessions are made by the cluster (they carry generated secrets)."""
+
+_ALIASES = {
+    **{cls.plural: name for name, cls in KINDS.items()},
+    **{name.lower(): name for name in KINDS},
+    "svc": "Service",
+    "idp": "IdentityProvider",
+}
+
+
+def plural_to_kind(word: str) -> str:
+    """`services`, `service`, `Service` or `svc` to `Service`; KeyError for anything else."""
+    if word in KINDS:
+        return word
+    try:
+        return _ALIASES[word.lower()]
+    except KeyError:
+        known = ", ".join(sorted(cls.plural for cls in KINDS.values()))
+        raise KeyError(f"unknown kind {word!r} (known: {known})") from None
+
+
+def kind_of(kind: str) -> type[AnyResource]:
+    return KINDS[kind]
+
+
+def to_document(resource: AnyResource, *, reveal: bool = False) -> dict[str, Any]:
+    """The JSON-ready dict of a resource. Secret data is redacted unless `reveal` (storage only)."""
+    doc = resource.model_dump(mode="json", exclude_none=True)
+    if reveal and isinstance(resource, Secret):
+        doc["spec"]["data"] = resource.spec.reveal()
+    return doc
+
+
+def from_document(doc: dict[str, Any]) -> AnyResource:
+    """Parse a stored or received document whose `kind` is known."""
+    return KINDS[doc["kind"]].model_validate(doc)
+
+
+def public_view(resource: AnyResource) -> dict[str, Any]:
+    """What `get` shows: no secret values, no token hashes."""
+    doc = to_document(resource)
+    if isinstance(resource, Credential):
+        doc.get("status", {}).pop("tokenSha256", None)
+    return doc

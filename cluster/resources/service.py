@@ -1,0 +1,306 @@
+"""Service: an upstream reachable through the gateway, with its HTTP config, dynamic configs and authorization."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from cluster.resources.common import (
+    Authorization,
+    Condition,
+    Duration,
+    HeaderName,
+    HeaderValue,
+    SecretRef,
+)
+from cluster.resources.meta import EmptyStatus, Model, Name, Resource
+
+
+class Upstream(Model):
+    """Where requests go: an `http://` or `https://` base URL (its path is prepended to every request)."""
+
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{value!r}: the scheme must be http or https")
+        if not parts.hostname:
+            raise ValueError(f"{value!r}: a host is required")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{value!r}: no query, fragment or user info in an upstream URL")
+        return value
+
+
+def _check_prefix(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} must start with '/'")
+    segments = value.split("/")
+    if any(s in (".", "..") for s in segments) or "%" in value or "\\" in value or "?" in value:
+        raise ValueError(f"{value!r} must not contain '.', '..', '%', '?' or '\\' segments")
+    return value
+
+
+class PathConfig(Model):
+    """Path rewriting: `removePrefix` is taken off the request path, then `addPrefix` is put in front."""
+
+    add_prefix: str | None = None
+    remove_prefix: str | None = None
+
+    @field_validator("add_prefix", "remove_prefix")
+    @classmethod
+    def _check_prefixes(cls, value: str | None) -> str | None:
+        return _check_prefix(value)
+
+
+class HeaderEntry(Model):
+    name: HeaderName
+    value: HeaderValue
+
+
+class HeaderConfig(Model):
+    """Headers added to or removed from the upstream request and the client's response."""
+
+    add_request_headers: list[HeaderEntry] = Field(default_factory=list)
+    remove_request_headers: list[HeaderName] = Field(default_factory=list)
+    add_response_headers: list[HeaderEntry] = Field(default_factory=list)
+    remove_response_headers: list[HeaderName] = Field(default_factory=list)
+
+
+class Cors(Model):
+    """CORS answered by the gateway: preflights never reach the upstream."""
+
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: ["authorization", "content-type"])
+    expose_headers: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    max_age: int = Field(default=600, ge=0, le=86400)
+
+
+class BearerAuth(SecretRef):
+    """`Authorization: Bearer <secret>`."""
+
+
+class BasicAuth(Model):
+    """`Authorization: Basic base64(username:password)`."""
+
+    username: str = Field(min_length=1)
+    password: SecretRef
+
+
+class CustomAuth(SecretRef):
+    """Any header (e.g. `x-goog-api-key`), optionally with a prefix before the secret."""
+
+    header: HeaderName
+    prefix: HeaderValue = ""
+
+
+class OAuth2ClientCredentialsAuth(Model):
+    """The gateway fetches (and caches) an access token from `tokenURL` and sends it as a bearer token."""
+
+    token_url: str
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    scopes: list[str] = Field(default_factory=list)
+
+
+class UpstreamAuth(Model):
+    """Exactly one way to authenticate to the upstream; it replaces whatever the client sent."""
+
+    bearer: BearerAuth | None = None
+    basic: BasicAuth | None = None
+    custom: CustomAuth | None = None
+    oauth2_client_credentials: OAuth2ClientCredentialsAuth | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> UpstreamAuth:
+        given = [k for k in ("bearer", "basic", "custom", "oauth2_client_credentials") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("auth needs exactly one of bearer, basic, custom, oauth2ClientCredentials")
+        return self
+
+    def secret_refs(self) -> list[SecretRef]:
+        if self.bearer:
+            return [self.bearer]
+        if self.basic:
+            return [self.basic.password]
+        if self.custom:
+            return [self.custom]
+        assert self.oauth2_client_credentials is not None
+        return [self.oauth2_client_credentials.client_secret]
+
+
+class LuaPluginSpec(Model):
+    """A Lua script defining `onRequest(ctx)` and optionally `onResponse(ctx)`."""
+
+    inline: str = Field(min_length=1, max_length=256 * 1024)
+
+
+class ExtProcPluginSpec(Model):
+    """An Envoy `ext_proc` external processor reached over gRPC."""
+
+    address: str = Field(min_length=1)
+    timeout: Duration = 1.0
+
+
+class DirectResponseSpec(Model):
+    """Answer from the gateway without contacting the upstream."""
+
+    status_code: int = Field(default=200, ge=100, le=599)
+    body: str = ""
+    content_type: str = "text/plain"
+
+
+class Plugin(Model):
+    """One entry of the ordered plugin chain; it runs when `condition` matches (always when absent)."""
+
+    name: Name
+    condition: Condition | None = None
+    fail_open: bool = False
+    lua: LuaPluginSpec | None = None
+    ext_proc: ExtProcPluginSpec | None = None
+    direct_response: DirectResponseSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Plugin:
+        given = [k for k in ("lua", "ext_proc", "direct_response") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a plugin needs exactly one of lua, extProc, directResponse")
+        return self
+
+
+class BodyConfig(Model):
+    """Request body limits: larger bodies get 413 before anything else happens."""
+
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
+
+
+class Timeouts(Model):
+    """Upstream timeouts: `connect`, and `read` (the longest wait for the next byte; streams stay open)."""
+
+    connect: Duration = 10.0
+    read: Duration = 300.0
+
+
+class HttpConfig(Model):
+    path: PathConfig = Field(default_factory=PathConfig)
+    header: HeaderConfig = Field(default_factory=HeaderConfig)
+    cors: Cors | None = None
+    auth: UpstreamAuth | None = None
+    plugins: list[Plugin] = Field(default_factory=list)
+    body: BodyConfig = Field(default_factory=BodyConfig)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    @field_validator("plugins")
+    @classmethod
+    def _unique_plugins(cls, value: list[Plugin]) -> list[Plugin]:
+        names = [p.name for p in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"plugin names must be unique, repeated: {', '.join(dup)}")
+        return value
+
+
+class ServiceConfig(Model):
+    """Upstream plus HTTP behaviour."""
+
+    upstream: Upstream
+    http: HttpConfig = Field(default_factory=HttpConfig)
+
+
+class NamedConfig(ServiceConfig):
+    """A config that dynamicConfig rules can pick by name."""
+
+    name: Name
+
+
+class DynamicRule(Model):
+    condition: Condition
+    config_name: Name
+
+
+class DynamicConfig(Model):
+    """Ordered rules; the first whose condition matches picks the config. No match: `spec.config`."""
+
+    configs: list[NamedConfig] = Field(default_factory=list)
+    rules: list[DynamicRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> DynamicConfig:
+        names = [c.name for c in self.configs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"config names must be unique, repeated: {', '.join(dup)}")
+        for i, rule in enumerate(self.rules):
+            if rule.config_name != "default" and rule.config_name not in names:
+                raise ValueError(f"rules[{i}].configName {rule.config_name!r} names no config in configs")
+        return self
+
+
+class ServiceSpec(Model):
+    mode: Literal["HTTP"] = "HTTP"
+    is_public: bool = False
+    config: ServiceConfig | None = None
+    dynamic_config: DynamicConfig | None = None
+    authorization: Authorization = Field(default_factory=Authorization)
+
+    @model_validator(mode="after")
+    def _needs_a_config(self) -> ServiceSpec:
+        if self.config is None and (self.dynamic_config is None or not self.dynamic_config.configs):
+            raise ValueError("a Service needs config, or dynamicConfig with at least one config")
+        if self.config is None and self.dynamic_config is not None:
+            for i, rule in enumerate(self.dynamic_config.rules):
+                if rule.config_name == "default":
+                    raise ValueError(f"dynamicConfig.rules[{i}] picks 'default' but spec.config is not set")
+        return self
+
+    def all_configs(self) -> list[tuple[str, ServiceConfig]]:
+        """Every config with the name rules use for it (`default` for `spec.config`)."""
+        found: list[tuple[str, ServiceConfig]] = []
+        if self.config is not None:
+            found.append(("default", self.config))
+        if self.dynamic_config is not None:
+            found.extend((c.name, c) for c in self.dynamic_config.configs)
+        return found
+
+    def expressions(self) -> list[tuple[str, str]]:
+        """Every CEL expression in the spec, with a field path (for apply-time compilation)."""
+        out: list[tuple[str, str]] = []
+        if self.dynamic_config is not None:
+            for i, rule in enumerate(self.dynamic_config.rules):
+                out.extend(condition_expressions(rule.condition, f"spec.dynamicConfig.rules[{i}].condition"))
+        for name, cfg in self.all_configs():
+            for j, plugin in enumerate(cfg.http.plugins):
+                if plugin.condition is not None:
+                    where = f"config {name!r} plugins[{j}].condition"
+                    out.extend(condition_expressions(plugin.condition, where))
+        return out
+
+
+def condition_expressions(cond: Condition, path: str) -> list[tuple[str, str]]:
+    """The CEL sources in a condition tree, each with its field path."""
+    if cond.match is not None:
+        return [(f"{path}.match", cond.match)]
+    out: list[tuple[str, str]] = []
+    for key, group in (("all", cond.all), ("any", cond.any)):
+        if group is not None:
+            for i, sub in enumerate(group.of):
+                out.extend(condition_expressions(sub, f"{path}.{key}.of[{i}]"))
+    if cond.not_ is not None:
+        out.extend(condition_expressions(cond.not_, f"{path}.not"))
+    return out
+
+
+class Service(Resource[ServiceSpec, EmptyStatus]):
+    """A Service resource."""
+
+    kind_name = "Service"
+    plural = "services"
+    status: EmptyStatus = Field(default_factory=EmptyStatus)

@@ -1,0 +1,1 @@
+"""Test doubles for the systems Wardgate talks to (LLM providers, ...)."""
