@@ -256,7 +256,8 @@ class CelPython(Engine):
         self.celpy = celpy
         self.name = "cel-python" + (" (CompiledRunner)" if compiled else "")
         self.version = importlib.metadata.version("cel-python")
-        self.env = celpy.Environment(runner_class=celpy.CompiledRunner if compiled else None)
+        self.runner = celpy.CompiledRunner if compiled else None
+        self.env = celpy.Environment(runner_class=self.runner)
         bool_type = celpy.celtypes.BoolType
         self.functions = {
             "hasAll": lambda items, *w: bool_type(_has_all(items, *w)),
@@ -264,7 +265,12 @@ class CelPython(Engine):
         }
 
     def compile(self, source: str) -> Callable[[Any], object]:
-        program = self.env.program(self.env.compile(source), functions=self.functions)
+        try:
+            program = self.env.program(self.env.compile(source), functions=self.functions)
+        except Exception:
+            # A failed transpile leaves CompiledRunner's Environment broken for every later compile.
+            self.env = self.celpy.Environment(runner_class=self.runner)
+            raise
         eval_error = self.celpy.CELEvalError
 
         def run(activation: Any) -> object:
@@ -285,8 +291,10 @@ def engines() -> Iterator[Engine | str]:
         ("cel-expr-python (dict per eval)", lambda: CelExprPython(per_eval=True)),
         ("cluster.policy.cel wrapper", WardgateWrapper),
         ("common-expression-language", CommonExpressionLanguage),
-        ("cel-python", CelPython),
+        # CompiledRunner first: after the interpreter has run, celpy 0.5.0's transpiler fails
+        # on every expression in the same process ('Tree' object has no attribute ...).
         ("cel-python (CompiledRunner)", lambda: CelPython(compiled=True)),
+        ("cel-python", CelPython),
     ]
     for name, factory in factories:
         try:
@@ -320,37 +328,75 @@ def check_cases(engine: Engine) -> list[str]:
     return failures
 
 
-def measure(engine: Engine, quick: bool) -> None:
+@dataclass
+class Result:
+    engine: str
+    version: str
+    compile_us: list[float | None]
+    eval_us: list[float | None]
+    request_us: float | None
+    passed: int
+
+
+def _fmt(value: float | None, width: int, digits: int = 1) -> str:
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'fail':>{width}}"
+
+
+def measure(engine: Engine, quick: bool) -> Result:
     print(f"\n## {engine.name} {engine.version}")
     print(f"{'expression':<78} {'compile µs':>11} {'eval µs':>9}")
     ctx = copy.deepcopy(CTX)
     prepared = engine.prepare(ctx)
     programs = []
-    compiles, evals = [], []
+    compiles: list[float | None] = []
+    evals: list[float | None] = []
     for source in SEEDS:
-        compile_us = per_call_us(lambda s=source: engine.compile(s), quick)
-        program = engine.compile(source)
-        program(prepared)
-        eval_us = per_call_us(lambda p=program: p(prepared), quick)
+        try:
+            compile_us = per_call_us(lambda s=source: engine.compile(s), quick)
+            program = engine.compile(source)
+            program(prepared)
+            eval_us = per_call_us(lambda p=program: p(prepared), quick)
+        except Exception as exc:
+            compiles.append(None)
+            evals.append(None)
+            print(f"{source:<78} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}")
+            continue
         programs.append(program)
         compiles.append(compile_us)
         evals.append(eval_us)
         print(f"{source:<78} {compile_us:>11.1f} {eval_us:>9.2f}")
-    print(f"{'median':<78} {statistics.median(compiles):>11.1f} {statistics.median(evals):>9.2f}")
 
     def one_request() -> None:
         request = engine.prepare(ctx)
         for program in programs:
             program(request)
 
-    prepare_us = per_call_us(lambda: engine.prepare(ctx), quick)
-    request_us = per_call_us(one_request, quick)
-    print(f"prepare per request: {prepare_us:.2f} µs; prepare + the 6 seed rules: {request_us:.2f} µs")
+    request_us = None
+    if len(programs) == len(SEEDS):
+        prepare_us = per_call_us(lambda: engine.prepare(ctx), quick)
+        request_us = per_call_us(one_request, quick)
+        print(f"prepare per request: {prepare_us:.2f} µs; prepare + the 6 seed rules: {request_us:.2f} µs")
     failures = check_cases(engine)
     verdict = "PASS" if not failures else "FAIL"
     print(f"correctness: {verdict} {len(CASES) - len(failures)}/{len(CASES)}")
     for failure in failures:
         print(f"  - {failure}")
+    return Result(engine.name, engine.version, compiles, evals, request_us, len(CASES) - len(failures))
+
+
+def summary(results: list[Result]) -> None:
+    print("\n## Summary (µs; e1..e6 = eval of each seed expression, request = prepare + all six)")
+    seeds = "".join(f"{f'e{i}':>7}" for i in range(1, len(SEEDS) + 1))
+    print(f"{'engine':<34}{'version':>9}{'compile':>9}{seeds}{'request':>9}  correctness")
+    for r in results:
+        done = [c for c in r.compile_us if c is not None]
+        compile_median = statistics.median(done) if done else None
+        evals = "".join(_fmt(e, 7, 2) for e in r.eval_us)
+        verdict = "PASS" if r.passed == len(CASES) else "FAIL"
+        print(
+            f"{r.engine:<34}{r.version:>9}{_fmt(compile_median, 9)}{evals}{_fmt(r.request_us, 9)}"
+            f"  {verdict} {r.passed}/{len(CASES)}"
+        )
 
 
 def main() -> None:
@@ -361,11 +407,13 @@ def main() -> None:
         f"# CEL engines: Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, interpreter {sys.executable}"
     )
+    results = []
     for engine in engines():
         if isinstance(engine, str):
             print(f"\n{engine}")
         else:
-            measure(engine, args.quick)
+            results.append(measure(engine, args.quick))
+    summary(results)
 
 
 if __name__ == "__main__":

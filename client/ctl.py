@@ -130,8 +130,10 @@ async def cmd_get(api: ApiClient, args: argparse.Namespace) -> int:
 
 async def cmd_delete(api: ApiClient, args: argparse.Namespace) -> int:
     kind = plural_to_kind(args.kind)
-    await api.call("DELETE", f"/api/v1/{KINDS[kind].plural}/{args.name}")
+    result = await api.call("DELETE", f"/api/v1/{KINDS[kind].plural}/{args.name}")
     print(f"{kind.lower()}/{args.name} deleted")
+    for other in result.get("alsoDeleted", []):
+        print(f"{other} deleted")
     return 0
 
 
@@ -149,6 +151,22 @@ async def cmd_create_secret(api: ApiClient, args: argparse.Namespace) -> int:
     for warning in result.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"secret/{args.name} {result['action']}")
+    return 0
+
+
+async def cmd_create_credential(api: ApiClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "user": args.user, "type": args.type}
+    if args.expires_in:
+        body["expiresIn"] = args.expires_in
+    if args.max_sessions is not None:
+        body["maxSessions"] = args.max_sessions
+    result = await api.call("POST", "/api/v1/credentials", body)
+    print(f"credential/{args.name} created (user {args.user}, {args.type}). Shown once, store it now:")
+    if args.type == "oauth2":
+        print(f"  client_id:     {result['clientId']}")
+        print(f"  client_secret: {result['clientSecret']}")
+    else:
+        print(f"  token: {result['token']}")
     return 0
 
 
@@ -179,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("create", help="create a secret")
+    p = sub.add_parser("create", help="create a secret or a credential")
     create = p.add_subparsers(dest="what", required=True)
     s = create.add_parser("secret", help="create or replace a Secret (the value is never printed)")
     s.add_argument("name")
@@ -187,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--value")
     source.add_argument("--from-file")
     s.set_defaults(func=cmd_create_secret)
+    c = create.add_parser("credential", help="create a credential; its secret is printed once")
+    c.add_argument("name")
+    c.add_argument("--user", required=True)
+    c.add_argument("--type", required=True, choices=["oauth2", "auth-token", "access-token"])
+    c.add_argument("--expires-in", help="e.g. 30d, 12h (default: never)")
+    c.add_argument("--max-sessions", type=int)
+    c.set_defaults(func=cmd_create_credential)
     return parser
 
 

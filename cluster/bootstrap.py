@@ -36,7 +36,9 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def init_home(root: Path, domain: str, admin_listen: str = "127.0.0.1:9443") -> Home:
+def init_home(
+    root: Path, domain: str, admin_listen: str = "127.0.0.1:9443", public_listen: str = "0.0.0.0:443"
+) -> Home:
     """Create a new cluster home at `root` (which must be absent or empty). Returns the Home."""
     domain = domain.lower().rstrip(".")
     if not _DOMAIN.fullmatch(domain):
@@ -54,7 +56,7 @@ def init_home(root: Path, domain: str, admin_listen: str = "127.0.0.1:9443") -> 
     )
     _write_private(home.signing_key, signing.decode())
     home.settings.write_text(
-        f'domain = "{domain}"\n\n[admin]\nlisten = "{admin_listen}"\n\n'
+        f'domain = "{domain}"\n\n[admin]\nlisten = "{admin_listen}"\n\n[public]\nlisten = "{public_listen}"\n\n'
         '[store]\npath = "store.db"\n\n[log]\naccess_log = "access.log"\nstdout = true\n'
     )
     token = asyncio.run(_seed_store(home))

@@ -29,6 +29,24 @@ class AdminSettings(BaseModel):
         return _check_listen(value)
 
 
+class PublicSettings(BaseModel):
+    """The public HTTPS listener: `<service>.<domain>` and the cluster endpoints on `<domain>`.
+
+    `port` is the port clients use in URLs (it differs from the listen port behind a port forward)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    listen: str = "0.0.0.0:443"
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+    def external_port(self) -> int:
+        return self.port if self.port is not None else int(self.listen.rpartition(":")[2])
+
+
 class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str = "store.db"
@@ -46,8 +64,15 @@ class ClusterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     domain: str
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    public: PublicSettings = Field(default_factory=PublicSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+
+
+def base_url(settings: ClusterSettings) -> str:
+    """`https://<domain>` with the public port when it is not 443: the issuer and the token endpoint's base."""
+    port = settings.public.external_port()
+    return f"https://{settings.domain}" + ("" if port == 443 else f":{port}")
 
 
 class Home:

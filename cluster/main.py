@@ -1,7 +1,9 @@
 """`wardgate-cluster`: the composition root. `init` makes a cluster home; `run` serves it.
 
 run:  home/cluster.toml ─▶ SQLiteStore ─▶ ResourceCache (snapshot, then the change feed)
-      ─▶ admin API (HTTPS, the cluster certificate) reading the cache for authentication
+      ─▶ GatewayState (compiled from the cache, rebuilt lazily after a change)
+      ─▶ public HTTPS listener: <service>.<domain> ─▶ proxy.Gateway;  <domain> ─▶ api.oauth (token, JWKS)
+      ─▶ admin API (HTTPS, its own port)
 """
 
 from __future__ import annotations
@@ -14,17 +16,28 @@ import signal
 import socket
 import ssl
 import sys
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 import uvloop
 from aiohttp import web
 
 from cluster.api.app import make_admin_app
+from cluster.api.login import BrowserLogin
+from cluster.api.oauth import ApexEndpoints
 from cluster.bootstrap import init_home
-from cluster.config import Home
+from cluster.config import Home, base_url
 from cluster.errors import WardgateError
+from cluster.identity.authenticate import Authenticator
+from cluster.identity.janitor import expire_sessions
+from cluster.identity.tokens import SigningKey, TokenService
 from cluster.observability.accesslog import AccessLog
 from cluster.policy import cel
+from cluster.proxy.pipeline import GatewayState, build_state
+from cluster.proxy.server import Gateway
+from cluster.store import Event
 from cluster.store.cache import ResourceCache
 from cluster.store.sealing import Sealer
 from cluster.store.sqlite import SQLiteStore
@@ -47,45 +60,107 @@ def server_ssl_context(home: Home) -> ssl.SSLContext:
     return context
 
 
+class StateHolder:
+    """The current GatewayState; cache changes mark it stale and the next request rebuilds it."""
+
+    def __init__(self, cache: ResourceCache, compiler: cel.Compiler) -> None:
+        self._cache = cache
+        self._compiler = compiler
+        self._state = build_state(cache, compiler)
+        self._stale = False
+        cache.add_listener(self._mark)
+
+    def _mark(self, events: Sequence[Event]) -> None:
+        self._stale = True
+
+    def __call__(self) -> GatewayState:
+        if self._stale:
+            self._stale = False
+            self._state = build_state(self._cache, self._compiler)
+        return self._state
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 async def serve(home: Home, ready: asyncio.Event | None = None) -> None:
     settings = home.load()
+    node = socket.gethostname()
     store = SQLiteStore(home.path(settings.store.path), Sealer.from_file(home.store_key))
     cache = ResourceCache(store)
     await cache.load()
     access_log = AccessLog(home.path(settings.log.access_log), stdout=settings.log.stdout)
-    app = make_admin_app(store, cache, access_log, check_expression, node=socket.gethostname())
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    host, _, port = settings.admin.listen.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=server_ssl_context(home))
-    stop = asyncio.Event()
+    tokens = TokenService(SigningKey.from_file(home.signing_key), base_url(settings))
+    authenticator = Authenticator(cache, tokens)
+    state = StateHolder(cache, cel.Compiler())
+    tls = server_ssl_context(home)
+
+    admin_runner = web.AppRunner(
+        make_admin_app(store, cache, authenticator, access_log, check_expression, node),
+        access_log=None,
+        handle_signals=False,
+    )
+    await admin_runner.setup()
+    admin_site = web.TCPSite(admin_runner, *_host_port(settings.admin.listen), ssl_context=tls)
+
+    client = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    apex = ApexEndpoints(
+        domain=settings.domain, base_url=base_url(settings), store=store, cache=cache, tokens=tokens,
+        access_log=access_log, node=node,
+    )
+    login = BrowserLogin(domain=settings.domain, base_url=base_url(settings), store=store, cache=cache, tokens=tokens,
+                         access_log=access_log, client=client, node=node)
+    login.register(apex.extra_routes)
+    gateway = Gateway(
+        domain=settings.domain, state=state, authenticator=authenticator, access_log=access_log, client=client,
+        apex=apex.handle, node=node, login_url=login.login_url,
+    )
+    public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None)
     loop = asyncio.get_running_loop()
+    public_host, public_port = _host_port(settings.public.listen)
+    listener = await loop.create_server(public_server, public_host, public_port, ssl=tls, backlog=1024)
+
+    stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
         async with asyncio.TaskGroup() as tasks:
             follower = tasks.create_task(cache.follow())
-            await site.start()
-            log.info("admin API on https://%s (domain %s)", settings.admin.listen, settings.domain)
+            janitor = tasks.create_task(expire_sessions(store, cache))
+            await admin_site.start()
+            log.info("admin API on https://%s; public listener on %s for *.%s (%s)", settings.admin.listen,
+                     settings.public.listen, settings.domain, base_url(settings))
             if ready is not None:
                 ready.set()
             await stop.wait()
             follower.cancel()
+            janitor.cancel()
     finally:
-        await runner.cleanup()
+        listener.close()
+        await public_server.shutdown(5)
+        await listener.wait_closed()
+        await admin_runner.cleanup()
+        await client.close()
         await store.close()
         access_log.close()
 
 
 def _run(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
+    warnings.filterwarnings("ignore", message="Sending a large body directly with raw bytes", category=ResourceWarning)
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(home))
     return 0
 
 
 def _init(args: argparse.Namespace) -> int:
-    home = init_home(Path(args.home), args.domain, args.admin_listen)
+    home = init_home(Path(args.home), args.domain, args.admin_listen, args.public_listen)
     print(f"initialised cluster home {home.root} for *.{args.domain}")
     print(f"  CA certificate:      {home.ca_cert}")
     print(f"  root admin token:    {home.admin_token} (0600)")
@@ -100,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p_init.add_argument("--home", required=True)
     p_init.add_argument("--domain", required=True)
     p_init.add_argument("--admin-listen", default="127.0.0.1:9443", help="HOST:PORT of the admin API")
+    p_init.add_argument("--public-listen", default="0.0.0.0:443", help="HOST:PORT of the public HTTPS listener")
     p_init.set_defaults(func=_init)
     p_run = sub.add_parser("run", help="serve a cluster home")
     p_run.add_argument("--home", required=True)

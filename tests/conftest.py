@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,11 @@ class RunningCluster:
     domain: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    public_port: int
+
+    def public_url(self, service: str | None = None) -> str:
+        host = f"{service}.{self.domain}" if service else self.domain
+        return f"https://{host}:{self.public_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -69,6 +75,7 @@ class RunningCluster:
 
 def start_cluster(home: Path, domain: str = "wardgate.test") -> RunningCluster:
     port = free_port()
+    public_port = free_port()
     subprocess.run(
         [
             str(BIN / "wardgate-cluster"),
@@ -79,6 +86,8 @@ def start_cluster(home: Path, domain: str = "wardgate.test") -> RunningCluster:
             domain,
             "--admin-listen",
             f"127.0.0.1:{port}",
+            "--public-listen",
+            f"127.0.0.1:{public_port}",
         ],
         check=True,
         capture_output=True,
@@ -101,7 +110,7 @@ def start_cluster(home: Path, domain: str = "wardgate.test") -> RunningCluster:
                 process.kill()
                 raise AssertionError("cluster did not start:\n" + log_path.read_text()) from None
             time.sleep(0.05)
-    return RunningCluster(home, url, domain, process, log_path)
+    return RunningCluster(home, url, domain, process, log_path, public_port)
 
 
 def stop_cluster(cluster: RunningCluster) -> None:
@@ -111,6 +120,24 @@ def stop_cluster(cluster: RunningCluster) -> None:
     except subprocess.TimeoutExpired:
         cluster.process.kill()
         cluster.process.wait()
+
+
+TEST_DOMAIN_SUFFIXES = (".wardgate.test", "wardgate.test")
+
+
+@pytest.fixture
+def loopback_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolve `*.wardgate.test` to 127.0.0.1 in this process (real TLS, SNI and Host still use the name)."""
+    original = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, bytes):
+            host = host.decode()
+        if isinstance(host, str) and host.endswith(TEST_DOMAIN_SUFFIXES):
+            host = "127.0.0.1"
+        return original(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
 
 
 @pytest.fixture

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from cluster.api.admission import admit
 from cluster.api.apply import MANAGED_BY_APPLY, plan_apply
-from cluster.api.state import CHECK_EXPRESSION, STORE
+from cluster.api.state import CACHE, CHECK_EXPRESSION, STORE
 from cluster.errors import Invalid, NotFound
+from cluster.identity import credentials
+from cluster.resources.common import parse_duration
+from cluster.resources.credential import Credential, CredentialType
 from cluster.resources.kinds import AnyResource, plural_to_kind, public_view
 from cluster.resources.manifest import ManifestError, validate_document
-from cluster.store import Create, Delete, Update
+from cluster.resources.session import Session
+from cluster.store import Create, Delete, Op, Update
 
 routes = web.RouteTableDef()
 
@@ -54,9 +60,7 @@ def _with(
     return {**stored, **{(r.kind, r.metadata.name): r for r in incoming}}
 
 
-def _admit(
-    request: web.Request, incoming: list[AnyResource], visible: dict[tuple[str, str], AnyResource]
-) -> list[str]:
+def _admit(request: web.Request, incoming: list[AnyResource], visible: dict[tuple[str, str], AnyResource]) -> list[str]:
     errors, warnings = admit(incoming, visible, request.app[CHECK_EXPRESSION])
     if errors:
         raise Invalid("rejected: " + "; ".join(errors), errors)
@@ -93,14 +97,83 @@ async def put_resource(request: web.Request) -> web.Response:
         (stored,) = await store.commit([Update(update)])
         action = "configured"
     assert stored is not None
+    await _settle(request)
     return web.json_response({"action": action, "resource": public_view(stored), "warnings": warnings})
+
+
+def _cascade(kind: str, name: str, stored: dict[tuple[str, str], AnyResource]) -> list[Op]:
+    """What goes with a deleted resource: a Credential's Sessions; a User's Credentials and Sessions."""
+    ops: list[Op] = []
+    for (other_kind, other_name), other in sorted(stored.items()):
+        if isinstance(other, Session) and (
+            (kind == "Credential" and other.spec.credential == name) or (kind == "User" and other.spec.user == name)
+        ):
+            ops.append(Delete("Session", other_name))
+        elif isinstance(other, Credential) and kind == "User" and other.spec.user == name:
+            ops.append(Delete(other_kind, other_name))
+    return ops
+
+
+async def _settle(request: web.Request) -> None:
+    """Wait until this node's cache has applied our write: revocations take effect before we answer."""
+    revision = await request.app[STORE].revision()
+    await asyncio.wait_for(request.app[CACHE].wait_for(revision), 5)
 
 
 @routes.delete("/api/v1/{plural}/{name}")
 async def delete_resource(request: web.Request) -> web.Response:
     kind, name = _kind(request), request.match_info["name"]
-    await request.app[STORE].commit([Delete(kind, name, request.query.get("resourceVersion"))])
-    return web.json_response({"action": "deleted", "kind": kind, "name": name})
+    cascade = _cascade(kind, name, await _stored(request)) if kind in ("Credential", "User") else []
+    await request.app[STORE].commit([Delete(kind, name, request.query.get("resourceVersion")), *cascade])
+    await _settle(request)
+    also = [f"{op.kind.lower()}/{op.name}" for op in cascade if isinstance(op, Delete)]
+    return web.json_response({"action": "deleted", "kind": kind, "name": name, "alsoDeleted": also})
+
+
+_CREDENTIAL_TYPES = {
+    "oauth2": CredentialType.OAUTH2,
+    "auth-token": CredentialType.AUTH_TOKEN,
+    "access-token": CredentialType.ACCESS_TOKEN,
+}
+
+
+@routes.post("/api/v1/credentials")
+async def create_credential(request: web.Request) -> web.Response:
+    """Body {name, user, type: oauth2|auth-token|access-token, expiresIn?, maxSessions?}; the token is
+    returned once, in this response, and only its SHA-256 is stored."""
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise Invalid("expected {name, user, type, expiresIn?, maxSessions?}")
+    kind = _CREDENTIAL_TYPES.get(str(body.get("type", "")).lower())
+    if kind is None:
+        raise Invalid(f"type must be one of {', '.join(_CREDENTIAL_TYPES)}")
+    spec: dict[str, Any] = {"type": kind.value, "user": body.get("user")}
+    if body.get("expiresIn"):
+        try:
+            seconds = parse_duration(body["expiresIn"])
+        except ValueError as exc:
+            raise Invalid(f"expiresIn: {exc}") from None
+        spec["expiresAt"] = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+    if body.get("maxSessions") is not None:
+        spec["maxSessions"] = body["maxSessions"]
+    name = str(body.get("name", ""))
+    draft = {"kind": "Credential", "metadata": {"name": name}, "spec": spec}
+    try:
+        validate_document(draft, "request", 1)
+    except ManifestError as exc:
+        raise Invalid(str(exc), [str(p) for p in exc.problems]) from None
+    store = request.app[STORE]
+    await store.get("User", str(spec["user"]))
+    token, sha, prefix = credentials.generate(name)
+    draft["status"] = {"tokenSha256": sha, "tokenPrefix": prefix}
+    credential = validate_document(draft, "request", 1).with_metadata(managed_by="cli")
+    (stored,) = await store.commit([Create(credential)])
+    assert stored is not None
+    await _settle(request)
+    answer: dict[str, Any] = {"credential": public_view(stored), "token": token}
+    if kind is CredentialType.OAUTH2:
+        answer.update(clientId=name, clientSecret=token)
+    return web.json_response(answer)
 
 
 @routes.post("/api/v1/apply")
@@ -117,9 +190,7 @@ async def apply(request: web.Request) -> web.Response:
             raise Invalid("each document entry must be {source, index, object}")
         try:
             resources.append(
-                validate_document(
-                    entry.get("object"), str(entry.get("source", "?")), int(entry.get("index", 0))
-                )
+                validate_document(entry.get("object"), str(entry.get("source", "?")), int(entry.get("index", 0)))
             )
         except ManifestError as exc:
             problems.extend(str(p) for p in exc.problems)
@@ -132,6 +203,7 @@ async def apply(request: web.Request) -> web.Response:
     ops, outcomes = plan_apply(resources, existing, bool(body.get("prune")))
     if not body.get("dryRun"):
         await request.app[STORE].commit(ops)
+        await _settle(request)
     return web.json_response(
         {
             "dryRun": bool(body.get("dryRun")),

@@ -28,9 +28,7 @@ def _expressions(resource: AnyResource) -> list[tuple[str, str]]:
     authorization = _authorization_of(resource)
     if authorization is not None:
         for i, inline in enumerate(authorization.inline_policies):
-            found.extend(
-                _rule_expressions(inline.spec.rules, f"spec.authorization.inlinePolicies[{i}].spec.")
-            )
+            found.extend(_rule_expressions(inline.spec.rules, f"spec.authorization.inlinePolicies[{i}].spec."))
     return found
 
 

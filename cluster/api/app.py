@@ -13,8 +13,9 @@ from cluster.api import admin
 from cluster.api.admission import ExpressionCheck
 from cluster.api.auth import authenticate_admin
 from cluster.api.errors import error_middleware, error_response
-from cluster.api.state import ACCESS_LOG, CACHE, CHECK_EXPRESSION, NODE, STORE
+from cluster.api.state import ACCESS_LOG, AUTHENTICATOR, CACHE, CHECK_EXPRESSION, NODE, STORE
 from cluster.errors import Forbidden, Unauthenticated
+from cluster.identity.authenticate import Authenticator
 from cluster.observability.accesslog import AccessLog
 from cluster.store import Store
 from cluster.store.cache import ResourceCache
@@ -46,6 +47,7 @@ async def access_log_middleware(request: web.Request, handler: Any) -> web.Strea
                 "listener": "admin",
                 "user": caller.user if caller else None,
                 "credential": caller.credential if caller else None,
+                "session": caller.session if caller else None,
                 "method": request.method,
                 "path": request.path,
                 "status": status,
@@ -60,7 +62,7 @@ async def access_log_middleware(request: web.Request, handler: Any) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
         try:
-            request[CALLER] = authenticate_admin(request.app[CACHE], request.headers.get("Authorization"))
+            request[CALLER] = authenticate_admin(request.app[AUTHENTICATOR], request.headers.get("Authorization"))
         except Unauthenticated as exc:
             request[DENIAL] = str(exc)
             return error_response(401, "unauthenticated", "a valid admin credential is required")
@@ -76,7 +78,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def make_admin_app(
-    store: Store, cache: ResourceCache, access_log: AccessLog, check_expression: ExpressionCheck, node: str
+    store: Store,
+    cache: ResourceCache,
+    authenticator: Authenticator,
+    access_log: AccessLog,
+    check_expression: ExpressionCheck,
+    node: str,
 ) -> web.Application:
     app = web.Application(
         middlewares=[access_log_middleware, error_middleware, auth_middleware],
@@ -84,6 +91,7 @@ def make_admin_app(
     )
     app[STORE] = store
     app[CACHE] = cache
+    app[AUTHENTICATOR] = authenticator
     app[ACCESS_LOG] = access_log
     app[CHECK_EXPRESSION] = check_expression
     app[NODE] = node

@@ -15,6 +15,7 @@ from cluster.resources.credential import Credential
 from cluster.resources.meta import NAME_PATTERN
 
 PREFIX = "wgt"
+_NO_MATCH = "0" * 64
 
 
 def generate(name: str) -> tuple[str, str, str]:
@@ -37,10 +38,12 @@ def credential_name(token: str) -> str | None:
 
 def verify(credential: Credential | None, token: str, now: datetime | None = None) -> str | None:
     """None if `token` is valid for `credential`, else the reason it is not (for logs, not clients)."""
+    presented = digest(token)
+    expected = credential.status.token_sha256 if credential is not None else None
+    matches = hmac.compare_digest(expected or _NO_MATCH, presented)
     if credential is None:
         return "unknown credential"
-    expected = credential.status.token_sha256
-    if expected is None or not hmac.compare_digest(expected, digest(token)):
+    if expected is None or not matches:
         return "token does not match"
     if credential.spec.is_disabled:
         return "credential disabled"

@@ -19,8 +19,9 @@ What expressions see:
   2**64 - 1), a JSON number with a fraction or exponent is a ``double``. Comparisons
   between int, uint and double are numeric, as the CEL spec's heterogeneous equality
   and ordering say: ``temperature < 0.7`` is true for ``0`` and ``0.5`` and false for
-  ``1`` and ``1.0``; ``max_tokens == 100.0`` is true for ``100``; ``1 in [1.0]`` is
-  true. Arithmetic does not mix: ``temperature * 2.0`` fails on an int temperature;
+  ``1`` and ``1.0``; ``max_tokens == 100.0`` is true for ``100``; ``n in [1.0, 2.0]``
+  is true for ``1`` (only between literals, ``1 in [1.0]``, does the checker reject
+  the mix). Arithmetic does not mix: ``temperature * 2.0`` fails on an int temperature;
   write ``double(ctx.request.http.bodyMap.temperature) * 2.0``. Integers outside
   int64/uint64 (which orjson already parses as doubles) become doubles here too.
 - A missing map key is an evaluation error (``CelEvalError``), never false. Guard with

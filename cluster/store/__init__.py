@@ -67,6 +67,10 @@ class Store(Protocol):
 
     async def list_kind(self, kind: str) -> list[AnyResource]: ...
 
+    async def revision(self) -> int:
+        """The revision of the last write."""
+        ...
+
     async def snapshot(self) -> tuple[int, list[AnyResource]]:
         """Every resource and the revision they are consistent at."""
         ...

@@ -31,6 +31,9 @@ class MemoryStore:
     async def list_kind(self, kind: str) -> list[AnyResource]:
         return sorted((r for (k, _), r in self._items.items() if k == kind), key=lambda r: r.metadata.name)
 
+    async def revision(self) -> int:
+        return self._revision
+
     async def snapshot(self) -> tuple[int, list[AnyResource]]:
         return self._revision, list(self._items.values())
 

@@ -115,6 +115,13 @@ class SQLiteStore:
 
         return await self._run(read)
 
+    async def revision(self) -> int:
+        def read() -> int:
+            value: int = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
+            return value
+
+        return await self._run(read)
+
     async def snapshot(self) -> tuple[int, list[AnyResource]]:
         def read() -> tuple[int, list[AnyResource]]:
             self._db.execute("BEGIN")

@@ -1,0 +1,310 @@
+"""The policy decision: compile rules at build time, then pick the first matching rule per request.
+
+Build time (on a config change, never on a request):
+
+    compile_policy(ref, spec, cel) -> [CompiledRule]       one Policy or inline policy, sorted
+    compile_authorization(kind, name, auth, named, cel)    one Service/User/Group -> RuleSet
+
+Request time (no I/O, no compiling, no awaiting; a Rego query runs on a worker thread
+only so that its time can be bounded, see rego.py):
+
+    inp = EvalInput(ctx)                                   once per request
+    evaluate(RuleSet.merge(service, user, *groups), inp) -> Decision
+
+(Merging 4 sets of 8 rules in all takes ~7 µs; a caller may cache the merged set per
+service, user and group list.)
+
+The combination rule. For a request by user U, member of groups G1..Gn, to Service S,
+the rules of S (inline and named policies), of U (inline and named) and of each Gi
+(inline and named) are merged into ONE list ordered by priority ascending, DENY
+before ALLOW at equal priority. The first rule whose condition matches decides, with
+its effect. No match denies. A condition that fails to evaluate denies at once, with
+Reason.CONDITION_ERROR, whatever that rule's effect was (fail closed). This is
+Octelium's order; it means a Group can veto what a Service allows at the same
+priority (a Service ALLOW at 0 and a Group DENY at 0 give DENY), and a lower
+priority number anywhere comes first (a User ALLOW at -10 beats a Service DENY at 0).
+
+Among rules equal in priority and effect the order is fixed, so that the rule named
+in the decision (and an erroring rule's place) is deterministic: the sets in the
+order given to RuleSet.merge (service, user, then groups in the user's order);
+within one resource, its inline policies in order, then its named policies in the
+order listed; within one policy, declaration order.
+
+Conditions evaluate left to right: ``all`` stops at the first false, ``any`` at the
+first true, ``not`` negates, ``matchAny`` is true. An error stops evaluation and is
+never read as false, so ``not`` of an error is an error too. What short-circuiting
+skips cannot fail: ``all: [false, <would fail>]`` is simply false.
+
+docs/policy.md has the user-facing version with examples.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import overload
+
+from cluster.policy import cel, rego
+from cluster.policy.reasons import Reason
+from cluster.resources.common import Authorization, Condition, Effect, PolicySpec
+
+__all__ = [
+    "CompiledCondition",
+    "CompiledRule",
+    "ConditionError",
+    "Decision",
+    "EvalInput",
+    "RuleRef",
+    "RuleSet",
+    "compile_authorization",
+    "compile_condition",
+    "compile_policy",
+    "evaluate",
+]
+
+
+class ConditionError(Exception):
+    """A condition could not be evaluated on this request; the message says why (for logs only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    """Where a rule came from, for decisions and access logs.
+
+    ``policy`` is ``policy/<name>`` for a Policy resource and ``<kind>/<name>/inline[<i>]``
+    (or ``<kind>/<name>/inline/<policy name>`` when the inline policy has a name) for an
+    inline policy of a Service, User or Group. ``rule`` is the rule's name, else ``rules[<i>]``.
+    """
+
+    policy: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.policy}#{self.rule}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one request. ``rule`` is None for NO_MATCH.
+
+    ``detail`` is the condition error's text with CONDITION_ERROR, for logs only: it
+    can quote request values and policy source, so it is never shown to clients.
+    """
+
+    effect: Effect
+    reason: Reason
+    rule: RuleRef | None = None
+    detail: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect is Effect.ALLOW
+
+
+class EvalInput:
+    """What conditions evaluate against, built once per request from the policy ctx.
+
+    Holds the plain ``ctx`` mapping (see DESIGN.md, "The policy context") and makes,
+    on first use, the CEL Activation and the Rego input from it: a request that only
+    meets CEL conditions never pays for the Rego conversion, and the other way round.
+    Do not mutate ``ctx`` while the EvalInput is in use. One request, one task.
+    """
+
+    __slots__ = ("_activation", "_rego_input", "ctx")
+
+    def __init__(self, ctx: Mapping[str, object]) -> None:
+        self.ctx = ctx
+        self._activation: cel.Activation | None = None
+        self._rego_input: rego.RegoInput | None = None
+
+    @property
+    def activation(self) -> cel.Activation:
+        if self._activation is None:
+            self._activation = cel.Activation({"ctx": self.ctx})
+        return self._activation
+
+    @property
+    def rego_input(self) -> rego.RegoInput:
+        if self._rego_input is None:
+            self._rego_input = rego.RegoInput({"ctx": self.ctx})
+        return self._rego_input
+
+
+CompiledCondition = Callable[[EvalInput], bool]
+"""A condition ready to run: True or False, or ConditionError when it cannot be evaluated."""
+
+
+def _match(program: cel.Program) -> CompiledCondition:
+    def match(inp: EvalInput) -> bool:
+        try:
+            return program.evaluate_bool(inp.activation)
+        except cel.CelEvalError as exc:
+            raise ConditionError(f"CEL: {exc}") from exc
+
+    return match
+
+
+def _opa(program: rego.RegoProgram) -> CompiledCondition:
+    def opa(inp: EvalInput) -> bool:
+        try:
+            return program.allow(inp.rego_input)
+        except rego.RegoEvalError as exc:
+            raise ConditionError(f"Rego ({program.package}): {exc}") from exc
+
+    return opa
+
+
+def _match_any(inp: EvalInput) -> bool:
+    return True
+
+
+def _all(conditions: tuple[CompiledCondition, ...]) -> CompiledCondition:
+    def all_of(inp: EvalInput) -> bool:
+        return all(condition(inp) for condition in conditions)
+
+    return all_of
+
+
+def _any(conditions: tuple[CompiledCondition, ...]) -> CompiledCondition:
+    def any_of(inp: EvalInput) -> bool:
+        return any(condition(inp) for condition in conditions)
+
+    return any_of
+
+
+def _not(condition: CompiledCondition) -> CompiledCondition:
+    def negated(inp: EvalInput) -> bool:
+        return not condition(inp)
+
+    return negated
+
+
+def compile_condition(cond: Condition, cel_compiler: cel.Compiler) -> CompiledCondition:
+    """Compile a condition tree. Raises CelCompileError or RegoCompileError (admission should have)."""
+    if cond.match is not None:
+        return _match(cel_compiler.compile(cond.match))
+    if cond.match_any is not None:
+        return _match_any
+    if cond.all is not None:
+        return _all(tuple(compile_condition(c, cel_compiler) for c in cond.all.of))
+    if cond.any is not None:
+        return _any(tuple(compile_condition(c, cel_compiler) for c in cond.any.of))
+    if cond.not_ is not None:
+        return _not(compile_condition(cond.not_, cel_compiler))
+    if cond.opa is not None:
+        return _opa(rego.compile_rego(cond.opa.inline))
+    raise AssertionError("Condition guarantees exactly one form")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A rule ready to evaluate: its condition compiled, its ref for the decision."""
+
+    effect: Effect
+    priority: int
+    condition: CompiledCondition
+    ref: RuleRef
+
+
+def _order(rule: CompiledRule) -> tuple[int, int]:
+    """The sort key: priority ascending, then DENY before ALLOW. Ties keep their order (stable)."""
+    return rule.priority, 0 if rule.effect is Effect.DENY else 1
+
+
+def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler) -> list[CompiledRule]:
+    """The rules of one policy, compiled and sorted (priority, DENY first, declaration order)."""
+    rules = [
+        CompiledRule(
+            effect=rule.effect,
+            priority=rule.priority,
+            condition=compile_condition(rule.condition, cel_compiler),
+            ref=RuleRef(policy_ref, rule.name or f"rules[{i}]"),
+        )
+        for i, rule in enumerate(spec.rules)
+    ]
+    rules.sort(key=_order)
+    return rules
+
+
+class RuleSet(Sequence[CompiledRule]):
+    """An immutable list of compiled rules in evaluation order.
+
+    The constructor sorts (stably) by priority then DENY first, so any iterable will
+    do; ``merge`` keeps that order across sets without re-sorting.
+    """
+
+    __slots__ = ("_rules",)
+
+    _rules: tuple[CompiledRule, ...]
+
+    def __init__(self, rules: Iterable[CompiledRule] = ()) -> None:
+        object.__setattr__(self, "_rules", tuple(sorted(rules, key=_order)))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"RuleSet is immutable; cannot set {name!r}")
+
+    @classmethod
+    def merge(cls, *sets: RuleSet) -> RuleSet:
+        """One set holding every rule; equal keys keep the order of ``sets``, then their own."""
+        merged = cls.__new__(cls)
+        object.__setattr__(merged, "_rules", tuple(heapq.merge(*sets, key=_order)))
+        return merged
+
+    @overload
+    def __getitem__(self, index: int) -> CompiledRule: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[CompiledRule]: ...
+    def __getitem__(self, index: int | slice) -> CompiledRule | Sequence[CompiledRule]:
+        return self._rules[index]
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __iter__(self) -> Iterator[CompiledRule]:
+        return iter(self._rules)
+
+    def __repr__(self) -> str:
+        return f"RuleSet({[str(r.ref) for r in self._rules]})"
+
+
+def evaluate(rules: RuleSet | Sequence[CompiledRule], inp: EvalInput) -> Decision:
+    """First match wins; ``rules`` are in evaluation order already. An error denies; no match denies."""
+    for rule in rules:
+        try:
+            matched = rule.condition(inp)
+        except ConditionError as exc:
+            return Decision(Effect.DENY, Reason.CONDITION_ERROR, rule.ref, str(exc))
+        if matched:
+            return Decision(rule.effect, Reason.RULE_MATCH, rule.ref)
+    return Decision(Effect.DENY, Reason.NO_MATCH)
+
+
+def compile_authorization(
+    kind: str,
+    name: str,
+    authorization: Authorization,
+    named: Mapping[str, RuleSet],
+    cel_compiler: cel.Compiler,
+) -> RuleSet:
+    """The rules one Service, User or Group brings: its inline policies compiled, its named ones merged in.
+
+    ``kind`` is the lower-case kind (``service``, ``user``, ``group``), used in the refs.
+    ``named`` maps Policy names to their RuleSets, compiled once per Policy and shared.
+    A named policy missing from ``named`` contributes nothing. Nothing can allow by
+    being absent, because the default is deny (admission only warns about unknown
+    names, so Policies may be applied after their users). A Policy deleted later
+    simply stops matching; a deleted DENY policy does stop denying.
+    """
+    inline = [
+        RuleSet(
+            compile_policy(
+                f"{kind}/{name}/inline/{policy.name}" if policy.name else f"{kind}/{name}/inline[{i}]",
+                policy.spec,
+                cel_compiler,
+            )
+        )
+        for i, policy in enumerate(authorization.inline_policies)
+    ]
+    attached = [named[p] for p in dict.fromkeys(authorization.policies) if p in named]
+    return RuleSet.merge(*inline, *attached)

@@ -1,0 +1,153 @@
+"""Gateway state: everything the request path needs, compiled from the resource cache and swapped whole.
+
+Built when the cache changes (never per request): per Service its configs, the dynamic-config rules
+and the authorization RuleSet; per User and Group their RuleSets and the JSON docs policies see.
+CEL programs come from one Compiler (cached by source hash), so a rebuild recompiles nothing unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from cluster.policy import cel
+from cluster.policy.context import resource_doc
+from cluster.policy.engine import CompiledCondition, RuleSet, compile_authorization, compile_condition, compile_policy
+from cluster.resources.credential import Secret
+from cluster.resources.policy import Policy
+from cluster.resources.service import Service, ServiceConfig
+from cluster.resources.user import Group, User
+from cluster.store.cache import ResourceCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One config of a Service, ready to forward: the upstream split once, the header rules lower-cased."""
+
+    name: str
+    config: ServiceConfig
+    scheme: str
+    netloc: str
+    host_header: str
+    base_path: str
+    add_request_headers: tuple[tuple[str, str], ...]
+    remove_request_headers: frozenset[str]
+    add_response_headers: tuple[tuple[str, str], ...]
+    remove_response_headers: frozenset[str]
+
+
+def make_route(name: str, config: ServiceConfig) -> Route:
+    parts = urlsplit(config.upstream.url)
+    header = config.http.header
+    return Route(
+        name=name,
+        config=config,
+        scheme=parts.scheme,
+        netloc=parts.netloc,
+        host_header=parts.netloc,
+        base_path=parts.path.rstrip("/"),
+        add_request_headers=tuple((h.name, h.value) for h in header.add_request_headers),
+        remove_request_headers=frozenset(h.lower() for h in header.remove_request_headers),
+        add_response_headers=tuple((h.name, h.value) for h in header.add_response_headers),
+        remove_response_headers=frozenset(h.lower() for h in header.remove_response_headers),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePipeline:
+    """A Service compiled for the request path."""
+
+    name: str
+    service: Service
+    doc: dict[str, Any]
+    default: Route | None
+    routes: dict[str, Route]
+    dynamic_rules: tuple[tuple[CompiledCondition, str], ...]
+    rules: RuleSet
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A User as policies see it, with the RuleSet of the user and all of its groups merged."""
+
+    user: User
+    doc: dict[str, Any]
+    rules: RuleSet
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    services: dict[str, ServicePipeline] = field(default_factory=dict)
+    principals: dict[str, Principal] = field(default_factory=dict)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _compile_service(service: Service, named: Mapping[str, RuleSet], compiler: cel.Compiler) -> ServicePipeline:
+    spec = service.spec
+    routes = {name: make_route(name, cfg) for name, cfg in spec.all_configs()}
+    dynamic: list[tuple[CompiledCondition, str]] = []
+    if spec.dynamic_config is not None:
+        dynamic = [(compile_condition(r.condition, compiler), r.config_name) for r in spec.dynamic_config.rules]
+    rules = compile_authorization("service", service.metadata.name, spec.authorization, named, compiler)
+    return ServicePipeline(
+        name=service.metadata.name,
+        service=service,
+        doc={"metadata": {"name": service.metadata.name}, "spec": {"isPublic": spec.is_public}},
+        default=routes.get("default"),
+        routes=routes,
+        dynamic_rules=tuple(dynamic),
+        rules=rules,
+    )
+
+
+def build_state(cache: ResourceCache, compiler: cel.Compiler) -> GatewayState:
+    """Compile everything; a resource that fails to compile is left out (and reported), never half-built."""
+    errors: dict[str, str] = {}
+    named: dict[str, RuleSet] = {}
+    for policy in cache.list_kind("Policy"):
+        assert isinstance(policy, Policy)
+        try:
+            named[policy.metadata.name] = RuleSet(
+                compile_policy(f"policy/{policy.metadata.name}", policy.spec, compiler)
+            )
+        except Exception as exc:
+            errors[f"policy/{policy.metadata.name}"] = str(exc)
+    groups: dict[str, RuleSet] = {}
+    for group in cache.list_kind("Group"):
+        assert isinstance(group, Group)
+        try:
+            groups[group.metadata.name] = compile_authorization(
+                "group", group.metadata.name, group.spec.authorization, named, compiler
+            )
+        except Exception as exc:
+            errors[f"group/{group.metadata.name}"] = str(exc)
+    principals: dict[str, Principal] = {}
+    for user in cache.list_kind("User"):
+        assert isinstance(user, User)
+        try:
+            own = compile_authorization("user", user.metadata.name, user.spec.authorization, named, compiler)
+        except Exception as exc:
+            errors[f"user/{user.metadata.name}"] = str(exc)
+            continue
+        merged = RuleSet.merge(own, *(groups[g] for g in user.spec.groups if g in groups))
+        principals[user.metadata.name] = Principal(user, resource_doc(user), merged)
+    services: dict[str, ServicePipeline] = {}
+    for service in cache.list_kind("Service"):
+        assert isinstance(service, Service)
+        try:
+            services[service.metadata.name] = _compile_service(service, named, compiler)
+        except Exception as exc:
+            errors[f"service/{service.metadata.name}"] = str(exc)
+    secrets = {}
+    for secret in cache.list_kind("Secret"):
+        assert isinstance(secret, Secret)
+        secrets[secret.metadata.name] = secret.spec.reveal()
+    for where, message in errors.items():
+        log.error("%s left out of the gateway: %s", where, message)
+    return GatewayState(services, principals, secrets, errors)
