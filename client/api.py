@@ -77,9 +77,7 @@ class ApiClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._session.close()
 
-    async def call(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
-    ) -> Any:
+    async def call(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
         url = self._conn.url + path
         try:
             async with self._session.request(method, url, json=body, params=params) as response:
@@ -93,8 +91,6 @@ class ApiClient:
                     raise ClientError(f"{message} (HTTP {response.status})", error.get("problems"))
                 return data
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise ClientError(
-                f"TLS verification of {self._conn.url} failed ({exc}); check the CA file"
-            ) from None
+            raise ClientError(f"TLS verification of {self._conn.url} failed ({exc}); check the CA file") from None
         except aiohttp.ClientConnectionError as exc:
             raise ClientError(f"cannot reach the cluster at {self._conn.url}: {exc}") from None

@@ -170,11 +170,51 @@ async def cmd_create_credential(api: ApiClient, args: argparse.Namespace) -> int
     return 0
 
 
+def _read_body_arg(value: str | None) -> Any:
+    if value is None:
+        return None
+    text = _read_value_file(value[1:]) if value.startswith("@") else value
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def cmd_policy_eval(api: ApiClient, args: argparse.Namespace) -> int:
+    """Exit 0 when allowed, 3 when denied (so scripts and CI can assert on policies)."""
+    headers = dict(h.split(":", 1) for h in args.header) if args.header else {}
+    result = await api.call(
+        "POST",
+        "/api/v1/policy/eval",
+        {
+            "service": args.service,
+            "user": args.user,
+            "method": args.method,
+            "path": args.path,
+            "headers": {k.strip(): v.strip() for k, v in headers.items()},
+            "body": _read_body_arg(args.body),
+            "sessionType": args.session_type,
+        },
+    )
+    decision = result["decision"]
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"decision: {decision['effect']}")
+        print(f"reason:   {decision['reason']}")
+        if decision.get("policy"):
+            print(f"rule:     {decision['policy']} {decision['rule']}")
+        if decision.get("detail"):
+            print(f"detail:   {decision['detail']}")
+        print(f"config:   {result.get('config') or '-'}")
+        for note in result.get("notes", []):
+            print(f"note:     {note}")
+    return 0 if decision["effect"] == "ALLOW" else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgatectl", description="Administer a Wardgate cluster")
-    parser.add_argument(
-        "--config", help="wardgatectl.toml (default: $WARDGATE_CONFIG or ~/.config/wardgate/)"
-    )
+    parser.add_argument("--config", help="wardgatectl.toml (default: $WARDGATE_CONFIG or ~/.config/wardgate/)")
     parser.add_argument("--url", help="admin API URL (or $WARDGATE_URL)")
     parser.add_argument("--ca", help="CA certificate file (or $WARDGATE_CA)")
     parser.add_argument("--token", help="admin token (prefer $WARDGATE_TOKEN: flags show in `ps`)")
@@ -196,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind")
     p.add_argument("name")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("policy", help="test policies without traffic")
+    policy = p.add_subparsers(dest="what", required=True)
+    e = policy.add_parser("eval", help="the decision the gateway would make (exit 0 allow, 3 deny)")
+    e.add_argument("--service", required=True)
+    e.add_argument("--user", required=True)
+    e.add_argument("--body", help="JSON text, or @FILE")
+    e.add_argument("--method", default="POST")
+    e.add_argument("--path", default="/v1/chat/completions")
+    e.add_argument("--header", action="append", help="NAME:VALUE (repeatable)")
+    e.add_argument("--session-type", default="CLIENTLESS", choices=["CLIENT", "CLIENTLESS"])
+    e.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    e.set_defaults(func=cmd_policy_eval)
 
     p = sub.add_parser("create", help="create a secret or a credential")
     create = p.add_subparsers(dest="what", required=True)

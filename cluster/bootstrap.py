@@ -16,6 +16,7 @@ from cluster.identity import credentials
 from cluster.identity.pki import make_ca, make_serving_cert
 from cluster.resources.credential import Credential
 from cluster.resources.kinds import AnyResource
+from cluster.resources.policy import Policy
 from cluster.resources.user import Group, User
 from cluster.store import Create
 from cluster.store.sealing import Sealer
@@ -24,10 +25,9 @@ from cluster.store.sqlite import SQLiteStore
 ADMIN_USER = "root"
 ADMIN_GROUP = "admins"
 ADMIN_CREDENTIAL = "root-admin"
+ADMIN_POLICY = "cluster-admins"
 
-_DOMAIN = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-)
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -71,6 +71,21 @@ def init_home(
 async def _seed_store(home: Home) -> str:
     token, sha, prefix = credentials.generate(ADMIN_CREDENTIAL)
     seed: list[AnyResource] = [
+        Policy.model_validate(
+            {
+                "kind": "Policy",
+                "metadata": {"name": ADMIN_POLICY},
+                "spec": {
+                    "rules": [
+                        {
+                            "name": "admins-administer",
+                            "effect": "ALLOW",
+                            "condition": {"match": f'ctx.user.spec.groups.hasAny("{ADMIN_GROUP}")'},
+                        }
+                    ]
+                },
+            }
+        ),
         Group.model_validate(
             {
                 "kind": "Group",

@@ -22,6 +22,8 @@ class AdminSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     listen: str = "127.0.0.1:9443"
+    policies: list[str] = Field(default_factory=lambda: ["cluster-admins"])
+    """Policies governing the admin API, merged with the caller's user and group rules."""
 
     @field_validator("listen")
     @classmethod

@@ -34,7 +34,8 @@ from cluster.identity.authenticate import Authenticator
 from cluster.identity.janitor import expire_sessions
 from cluster.identity.tokens import SigningKey, TokenService
 from cluster.observability.accesslog import AccessLog
-from cluster.policy import cel
+from cluster.policy import cel, rego
+from cluster.proxy.authority import Authority
 from cluster.proxy.pipeline import GatewayState, build_state
 from cluster.proxy.server import Gateway
 from cluster.store import Event
@@ -45,10 +46,13 @@ from cluster.store.sqlite import SQLiteStore
 log = logging.getLogger("wardgate.cluster")
 
 
-def check_expression(source: str) -> str | None:
+def check_expression(language: str, source: str) -> str | None:
     try:
-        cel.check(source)
-    except cel.CelCompileError as exc:
+        if language == "rego":
+            rego.check(source)
+        else:
+            cel.check(source)
+    except (cel.CelCompileError, rego.RegoCompileError) as exc:
         return str(exc)
     return None
 
@@ -94,11 +98,13 @@ async def serve(home: Home, ready: asyncio.Event | None = None) -> None:
     access_log = AccessLog(home.path(settings.log.access_log), stdout=settings.log.stdout)
     tokens = TokenService(SigningKey.from_file(home.signing_key), base_url(settings))
     authenticator = Authenticator(cache, tokens)
-    state = StateHolder(cache, cel.Compiler())
+    compiler = cel.Compiler()
+    state = StateHolder(cache, compiler)
+    authority = Authority(state, cache, compiler, settings.admin.policies, settings.domain)
     tls = server_ssl_context(home)
 
     admin_runner = web.AppRunner(
-        make_admin_app(store, cache, authenticator, access_log, check_expression, node),
+        make_admin_app(store, cache, authenticator, authority, authority, access_log, check_expression, node),
         access_log=None,
         handle_signals=False,
     )
@@ -111,15 +117,34 @@ async def serve(home: Home, ready: asyncio.Event | None = None) -> None:
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     apex = ApexEndpoints(
-        domain=settings.domain, base_url=base_url(settings), store=store, cache=cache, tokens=tokens,
-        access_log=access_log, node=node,
+        domain=settings.domain,
+        base_url=base_url(settings),
+        store=store,
+        cache=cache,
+        tokens=tokens,
+        access_log=access_log,
+        node=node,
     )
-    login = BrowserLogin(domain=settings.domain, base_url=base_url(settings), store=store, cache=cache, tokens=tokens,
-                         access_log=access_log, client=client, node=node)
+    login = BrowserLogin(
+        domain=settings.domain,
+        base_url=base_url(settings),
+        store=store,
+        cache=cache,
+        tokens=tokens,
+        access_log=access_log,
+        client=client,
+        node=node,
+    )
     login.register(apex.extra_routes)
     gateway = Gateway(
-        domain=settings.domain, state=state, authenticator=authenticator, access_log=access_log, client=client,
-        apex=apex.handle, node=node, login_url=login.login_url,
+        domain=settings.domain,
+        state=state,
+        authenticator=authenticator,
+        access_log=access_log,
+        client=client,
+        apex=apex.handle,
+        node=node,
+        login_url=login.login_url,
     )
     public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None)
     loop = asyncio.get_running_loop()
@@ -134,8 +159,13 @@ async def serve(home: Home, ready: asyncio.Event | None = None) -> None:
             follower = tasks.create_task(cache.follow())
             janitor = tasks.create_task(expire_sessions(store, cache))
             await admin_site.start()
-            log.info("admin API on https://%s; public listener on %s for *.%s (%s)", settings.admin.listen,
-                     settings.public.listen, settings.domain, base_url(settings))
+            log.info(
+                "admin API on https://%s; public listener on %s for *.%s (%s)",
+                settings.admin.listen,
+                settings.public.listen,
+                settings.domain,
+                base_url(settings),
+            )
             if ready is not None:
                 ready.set()
             await stop.wait()

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from cluster.api.admission import admit
 from cluster.api.apply import MANAGED_BY_APPLY, plan_apply
-from cluster.api.state import CACHE, CHECK_EXPRESSION, STORE
+from cluster.api.policy_eval import evaluate as evaluate_policy
+from cluster.api.state import CACHE, CHECK_EXPRESSION, POLICY_EVAL, STORE
 from cluster.errors import Invalid, NotFound
 from cluster.identity import credentials
 from cluster.resources.common import parse_duration
@@ -123,11 +124,23 @@ async def _settle(request: web.Request) -> None:
 @routes.delete("/api/v1/{plural}/{name}")
 async def delete_resource(request: web.Request) -> web.Response:
     kind, name = _kind(request), request.match_info["name"]
-    cascade = _cascade(kind, name, await _stored(request)) if kind in ("Credential", "User") else []
+    stored = await _stored(request)
+    current = stored.get((kind, name))
+    if current is not None and current.metadata.managed_by == "init":
+        raise Invalid(
+            f"{kind.lower()}/{name} was made by `wardgate-cluster init` and keeps the cluster administrable; "
+            "it cannot be deleted (change it instead)"
+        )
+    cascade = _cascade(kind, name, stored) if kind in ("Credential", "User") else []
     await request.app[STORE].commit([Delete(kind, name, request.query.get("resourceVersion")), *cascade])
     await _settle(request)
     also = [f"{op.kind.lower()}/{op.name}" for op in cascade if isinstance(op, Delete)]
     return web.json_response({"action": "deleted", "kind": kind, "name": name, "alsoDeleted": also})
+
+
+@routes.post("/api/v1/policy/eval")
+async def policy_eval(request: web.Request) -> web.Response:
+    return await evaluate_policy(request.app[POLICY_EVAL], request)
 
 
 _CREDENTIAL_TYPES = {

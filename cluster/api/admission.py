@@ -10,8 +10,9 @@ from cluster.resources.policy import Policy
 from cluster.resources.service import Service, condition_expressions
 from cluster.resources.user import Group, User
 
-ExpressionCheck = Callable[[str], str | None]
-"""Returns None when a CEL source compiles, else the compiler's message (with its position)."""
+ExpressionCheck = Callable[[str, str], str | None]
+"""(language, source) -> None when it compiles, else the compiler's message with its position. The
+language is `cel` or `rego`, told by the field path (`.match` or `.opa.inline`)."""
 
 
 def _rule_expressions(rules: list[Rule], where: str) -> list[tuple[str, str]]:
@@ -71,7 +72,7 @@ def admit(
     for resource in resources:
         label = f"{resource.kind.lower()}/{resource.metadata.name}"
         for path, source in _expressions(resource):
-            message = check_expression(source)
+            message = check_expression("rego" if path.endswith(".opa.inline") else "cel", source)
             if message is not None:
                 errors.append(f"{label}: {path}: {message}")
         warnings.extend(f"{label}: {text}" for text in _dangling(resource, visible))

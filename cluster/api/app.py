@@ -11,9 +11,10 @@ from aiohttp import web
 
 from cluster.api import admin
 from cluster.api.admission import ExpressionCheck
-from cluster.api.auth import authenticate_admin
+from cluster.api.auth import AdminPolicy, caller_of, identify
 from cluster.api.errors import error_middleware, error_response
-from cluster.api.state import ACCESS_LOG, AUTHENTICATOR, CACHE, CHECK_EXPRESSION, NODE, STORE
+from cluster.api.policy_eval import PolicyEvaluator
+from cluster.api.state import ACCESS_LOG, ADMIN_POLICY, AUTHENTICATOR, CACHE, CHECK_EXPRESSION, NODE, POLICY_EVAL, STORE
 from cluster.errors import Forbidden, Unauthenticated
 from cluster.identity.authenticate import Authenticator
 from cluster.observability.accesslog import AccessLog
@@ -62,13 +63,17 @@ async def access_log_middleware(request: web.Request, handler: Any) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
         try:
-            request[CALLER] = authenticate_admin(request.app[AUTHENTICATOR], request.headers.get("Authorization"))
+            identity = identify(request.app[AUTHENTICATOR], request.headers.get("Authorization"))
+            request[CALLER] = caller_of(identity)
+            request.app[ADMIN_POLICY].authorize_admin(
+                identity, request.method, request.path, request.query, request.headers, request.remote or ""
+            )
         except Unauthenticated as exc:
             request[DENIAL] = str(exc)
             return error_response(401, "unauthenticated", "a valid admin credential is required")
         except Forbidden as exc:
             request[DENIAL] = str(exc)
-            return error_response(403, "forbidden", "admin rights are required")
+            return error_response(403, "forbidden", "access to the admin API is denied by policy")
     result: web.StreamResponse = await handler(request)
     return result
 
@@ -81,6 +86,8 @@ def make_admin_app(
     store: Store,
     cache: ResourceCache,
     authenticator: Authenticator,
+    admin_policy: AdminPolicy,
+    policy_eval: PolicyEvaluator,
     access_log: AccessLog,
     check_expression: ExpressionCheck,
     node: str,
@@ -92,6 +99,8 @@ def make_admin_app(
     app[STORE] = store
     app[CACHE] = cache
     app[AUTHENTICATOR] = authenticator
+    app[ADMIN_POLICY] = admin_policy
+    app[POLICY_EVAL] = policy_eval
     app[ACCESS_LOG] = access_log
     app[CHECK_EXPRESSION] = check_expression
     app[NODE] = node

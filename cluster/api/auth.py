@@ -1,17 +1,32 @@
-"""Admin API authentication: the gateway's own identity machinery, then membership of `admins`.
+"""Admin API authentication and authorization: the gateway's identity machinery, then policy.
 
-Access tokens (Sessions) and ACCESS_TOKEN credentials are both accepted; everything is read from the
-watch-fed cache, so a deleted credential or session stops working as soon as the cache sees it.
+Access tokens (Sessions) and ACCESS_TOKEN credentials are accepted, read from the watch-fed cache, so
+a deleted credential or session stops working as soon as the cache sees it. Whether the caller may
+administer is a policy decision (`AdminPolicy`, wired by main), by default "member of group admins".
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from cluster.errors import Forbidden, Unauthenticated
-from cluster.identity.authenticate import Authenticator
+from cluster.errors import Unauthenticated
+from cluster.identity.authenticate import Authenticator, Identity
 
-ADMIN_GROUP = "admins"
+
+class AdminPolicy(Protocol):
+    """Raises Forbidden (message: the reason) unless policy allows this admin request."""
+
+    def authorize_admin(
+        self,
+        identity: Identity,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        ip: str,
+    ) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,20 +36,20 @@ class Caller:
     session: str | None
 
 
-def authenticate_admin(authenticator: Authenticator, authorization: str | None) -> Caller:
-    """The admin calling, or Unauthenticated/Forbidden with a reason fit for the log."""
+def identify(authenticator: Authenticator, authorization: str | None) -> Identity:
+    """The caller, or Unauthenticated with a reason fit for the log."""
     if not authorization:
         raise Unauthenticated("missing bearer token")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("expected `Authorization: Bearer <token>`")
-    identity = authenticator.from_token(token)
-    user = identity.user
-    if ADMIN_GROUP not in user.spec.groups:
-        raise Forbidden(f"user {user.metadata.name!r} is not in group {ADMIN_GROUP!r}")
+    return authenticator.from_token(token)
+
+
+def caller_of(identity: Identity) -> Caller:
     return Caller(
-        user=user.metadata.name,
+        user=identity.user.metadata.name,
         credential=identity.credential.metadata.name if identity.credential else None,
         session=identity.session.metadata.name if identity.session else None,
     )

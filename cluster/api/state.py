@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from cluster.api.admission import ExpressionCheck
+from cluster.api.auth import AdminPolicy
+from cluster.api.policy_eval import PolicyEvaluator
 from cluster.identity.authenticate import Authenticator
 from cluster.observability.accesslog import AccessLog
 from cluster.store import Store
@@ -13,6 +15,8 @@ from cluster.store.cache import ResourceCache
 STORE = web.AppKey("store", Store)
 CACHE = web.AppKey("cache", ResourceCache)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+ADMIN_POLICY: web.AppKey[AdminPolicy] = web.AppKey("admin_policy")
+POLICY_EVAL: web.AppKey[PolicyEvaluator] = web.AppKey("policy_eval")
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 CHECK_EXPRESSION: web.AppKey[ExpressionCheck] = web.AppKey("check_expression")
 NODE = web.AppKey("node", str)

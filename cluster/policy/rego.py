@@ -1,12 +1,13 @@
 """OPA conditions: compile a Rego module once per source and ask its `allow` rule on each request.
 
 The only module that imports regopy (rego-cpp behind ctypes; pinned, because the query
-path calls the C API that regopy loads, see "Why the raw C API" below).
+path calls the C API that regopy loads, see "Why the raw C API" below). It must also be
+what loads regopy first in the process: see the SECURITY note at the import.
 
     check(source)                             admission: raises RegoCompileError with the position
-    compile_rego(source) -> RegoProgram       pipeline build: ~2-5 ms, cached by sha256(source)
+    compile_rego(source) -> RegoProgram       pipeline build: ~5-7 ms with the probe, cached by sha256(source)
     RegoInput({"ctx": {...}})                 per request; converted on first use, once
-    RegoProgram.allow(input) -> bool          per condition: ~0.1-0.2 ms plus ~25 µs of thread hand-off
+    RegoProgram.allow(input) -> bool          per condition: ~0.15-0.3 ms, plus 25-100 µs of thread hand-off
 
 What a user writes (``condition: {opa: {inline: ...}}``): one Rego module that starts
 with ``package <dotted.name>`` and defines a boolean rule ``allow``. Wardgate asks
@@ -319,7 +320,7 @@ class RegoInput:
     """One request's input document, converted for rego-cpp once and shared by every program.
 
     ``value`` is the whole document, ``{"ctx": {...}}``. Construction is free; the
-    first evaluation converts it (~2 µs per JSON value) and later ones reuse it. A
+    first evaluation converts it (~3-6 µs per JSON value) and later ones reuse it. A
     value Rego cannot hold makes every evaluation raise RegoEvalError. An input left
     behind by a query that overran its time limit stays bound to that query and
     refuses further use. One request, one task: the lazy conversion is not locked.

@@ -137,17 +137,65 @@ class UpstreamAuth(Model):
         return [self.oauth2_client_credentials.client_secret]
 
 
+def _check_base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r}: an http:// or https:// URL with a host is required")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r}: no query, fragment or user info in an allowed base URL")
+    if parts.path not in ("", "/"):
+        _check_prefix(parts.path)
+    return value
+
+
+class LuaHttpSpec(Model):
+    """What the script's `http.client()` may reach: only URLs under `allowedBaseURLs`, each call bounded."""
+
+    allowed_base_urls: list[str] = Field(default_factory=list, alias="allowedBaseURLs", max_length=64)
+    timeout: Duration = 5.0
+    max_response_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    max_calls: int = Field(default=8, ge=0, le=64)
+
+    @field_validator("allowed_base_urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        return [_check_base_url(v) for v in value]
+
+
 class LuaPluginSpec(Model):
-    """A Lua script defining `onRequest(ctx)` and optionally `onResponse(ctx)`."""
+    """A Lua script defining `onRequest(ctx)` and optionally `onResponse(ctx)` (docs/plugins.md).
+
+    Each call is bounded: `maxInstructions` Lua VM instructions, `timeLimit` of script time (waits for
+    `http.client()` calls excluded) and `maxMemory` bytes for the runtime; past a bound the request fails.
+    """
 
     inline: str = Field(min_length=1, max_length=256 * 1024)
+    http: LuaHttpSpec = Field(default_factory=LuaHttpSpec)
+    max_instructions: int = Field(default=10_000_000, ge=10_000, le=1_000_000_000)
+    time_limit: Duration = 0.25
+    max_memory: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024, le=1024 * 1024 * 1024)
+    max_runtimes: int = Field(default=16, ge=1, le=256)
 
 
 class ExtProcPluginSpec(Model):
-    """An Envoy `ext_proc` external processor reached over gRPC."""
+    """An Envoy `ext_proc` external processor reached over gRPC (plaintext HTTP/2), e.g. `127.0.0.1:50051`.
 
-    address: str = Field(min_length=1)
+    The request headers (and, with `sendBody`, the buffered body) go out; header and body mutations or an
+    immediate response come back. The whole exchange is bounded by `timeout`.
+    """
+
+    address: str = Field(min_length=1, max_length=512)
     timeout: Duration = 1.0
+    send_body: bool = True
+
+
+class HeadersPluginSpec(Model):
+    """Header edits that apply only when the plugin's condition matches (unconditional ones: `http.header`)."""
+
+    set_request_headers: list[HeaderEntry] = Field(default_factory=list)
+    remove_request_headers: list[HeaderName] = Field(default_factory=list)
+    set_response_headers: list[HeaderEntry] = Field(default_factory=list)
+    remove_response_headers: list[HeaderName] = Field(default_factory=list)
 
 
 class DirectResponseSpec(Model):
@@ -167,12 +215,13 @@ class Plugin(Model):
     lua: LuaPluginSpec | None = None
     ext_proc: ExtProcPluginSpec | None = None
     direct_response: DirectResponseSpec | None = None
+    headers: HeadersPluginSpec | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Plugin:
-        given = [k for k in ("lua", "ext_proc", "direct_response") if getattr(self, k) is not None]
+        given = [k for k in ("lua", "ext_proc", "direct_response", "headers") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("a plugin needs exactly one of lua, extProc, directResponse")
+            raise ValueError("a plugin needs exactly one of lua, extProc, directResponse, headers")
         return self
 
 
@@ -285,9 +334,11 @@ class ServiceSpec(Model):
 
 
 def condition_expressions(cond: Condition, path: str) -> list[tuple[str, str]]:
-    """The CEL sources in a condition tree, each with its field path."""
+    """The CEL (`.match`) and Rego (`.opa.inline`) sources in a condition tree, each with its field path."""
     if cond.match is not None:
         return [(f"{path}.match", cond.match)]
+    if cond.opa is not None:
+        return [(f"{path}.opa.inline", cond.opa.inline)]
     out: list[tuple[str, str]] = []
     for key, group in (("all", cond.all), ("any", cond.any)):
         if group is not None:

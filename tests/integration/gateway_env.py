@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import openai
 import yaml
+from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from tests.conftest import REPO, RunningCluster
 from tests.fakes.openai_provider import FakeOpenAI
@@ -41,6 +44,16 @@ class Gateway:
 
     def access_log(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.cluster.access_log()]
+
+    async def log_entries(self, count: int, **match: Any) -> list[dict[str, Any]]:
+        """At least `count` access-log entries with these fields, waiting briefly for the last lines."""
+        found: list[dict[str, Any]] = []
+        for _ in range(100):
+            found = [e for e in self.access_log() if all(e.get(k) == v for k, v in match.items())]
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{len(found)} access-log entries with {match}, expected {count}")
 
     async def last_log(self, **match: Any) -> dict[str, Any]:
         """The newest access-log entry with these fields (the line lands just after the response)."""
@@ -81,3 +94,30 @@ def create_credential(cluster: RunningCluster, name: str, user: str, kind: str, 
         if key in ("token", "client_secret"):
             return value.strip()
     raise AssertionError(out)
+
+
+async def fetch_token(gw: Gateway, client: str, secret: str, method: str = "client_secret_post") -> str:
+    async with AsyncOAuth2Client(
+        client_id=client, client_secret=secret, token_endpoint_auth_method=method, verify=gw.ssl_context()
+    ) as oauth:
+        token = await oauth.fetch_token(gw.token_url(), grant_type="client_credentials")
+    return str(token["access_token"])
+
+
+def sdk(gw: Gateway, service: str, key: str) -> openai.AsyncOpenAI:
+    client = openai.AsyncOpenAI(
+        base_url=gw.base_url(service),
+        api_key=key,
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(verify=gw.ssl_context()),
+    )
+    gw.sdk_clients.append(client)
+    return client
+
+
+async def raw(gw: Gateway, method: str, service: str, path: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, gw.cluster.public_url(service) + path, ssl=gw.ssl_context(), **kw) as r,
+    ):
+        return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import io
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,75 +16,21 @@ import httpx
 import jwt
 import openai
 import pytest
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from tests.conftest import start_cluster, stop_cluster
-from tests.fakes.openai_provider import FakeOpenAI
 from tests.integration.gateway_env import (
     DEEPSEEK_KEY,
     GEMINI_KEY,
-    OPENAI_KEY,
     Gateway,
     apply_docs,
-    create_credential,
+    fetch_token,
     pointed_at_fakes,
+    raw,
+    sdk,
 )
 
 pytestmark = pytest.mark.usefixtures("loopback_names")
 CHAT: dict[str, Any] = {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hello there gateway"}]}
-
-
-@pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    gemini, openai_fake, deepseek = (FakeOpenAI(api_key=k) for k in (GEMINI_KEY, OPENAI_KEY, DEEPSEEK_KEY))
-    async with gemini.serve() as g_url, openai_fake.serve() as o_url, deepseek.serve() as d_url:
-        fakes = {"gemini": (gemini, g_url), "openai": (openai_fake, o_url), "deepseek": (deepseek, d_url)}
-        cluster = await asyncio.to_thread(start_cluster, tmp_path / "home")
-        try:
-            apply_docs(cluster, pointed_at_fakes({k: v[1] for k, v in fakes.items()}), tmp_path)
-            for name, value in (
-                ("gemini-api-key", GEMINI_KEY),
-                ("openai-api-key", OPENAI_KEY),
-                ("deepseek-api-key", DEEPSEEK_KEY),
-            ):
-                cluster.ctl("create", "secret", name, "--value", value, check=True)
-            env = Gateway(cluster, fakes)
-            env.client_secrets["alice"] = create_credential(cluster, "alice-oauth", "alice", "oauth2")
-            env.client_secrets["bob"] = create_credential(cluster, "bob-oauth", "bob", "oauth2")
-            env.client_secrets["alice-pat"] = create_credential(cluster, "alice-pat", "alice", "access-token")
-            yield env
-            for client in env.sdk_clients:
-                await client.close()
-        finally:
-            await asyncio.to_thread(stop_cluster, cluster)
-
-
-async def fetch_token(gw: Gateway, client: str, secret: str, method: str = "client_secret_post") -> str:
-    async with AsyncOAuth2Client(
-        client_id=client, client_secret=secret, token_endpoint_auth_method=method, verify=gw.ssl_context()
-    ) as oauth:
-        token = await oauth.fetch_token(gw.token_url(), grant_type="client_credentials")
-    return str(token["access_token"])
-
-
-def sdk(gw: Gateway, service: str, key: str) -> openai.AsyncOpenAI:
-    client = openai.AsyncOpenAI(
-        base_url=gw.base_url(service),
-        api_key=key,
-        max_retries=0,
-        http_client=openai.DefaultAsyncHttpxClient(verify=gw.ssl_context()),
-    )
-    gw.sdk_clients.append(client)
-    return client
-
-
-async def raw(gw: Gateway, method: str, service: str, path: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, gw.cluster.public_url(service) + path, ssl=gw.ssl_context(), **kw) as r,
-    ):
-        return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()
 
 
 async def test_openai_sdk_through_gemini_never_sees_the_key(gw: Gateway) -> None:

@@ -1,0 +1,67 @@
+"""`POST /api/v1/policy/eval`: the decision the gateway would make for a user, a Service and a request,
+without sending traffic (`wardgatectl policy eval`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from cluster.errors import Invalid
+from cluster.policy.engine import Decision
+
+
+class PolicyEvaluator(Protocol):
+    def evaluate_request(
+        self,
+        *,
+        service: str,
+        user: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        session_type: str = "CLIENTLESS",
+        ip: str = "127.0.0.1",
+    ) -> tuple[Decision, str | None, tuple[str, ...]]: ...
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    out: dict[str, Any] = {"effect": decision.effect.value, "reason": decision.reason.value}
+    if decision.rule is not None:
+        out.update(policy=decision.rule.policy, rule=decision.rule.rule)
+    if decision.detail:
+        out["detail"] = decision.detail
+    return out
+
+
+def _body_bytes(value: object) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode()
+    return orjson.dumps(value)
+
+
+async def evaluate(evaluator: PolicyEvaluator, request: web.Request) -> web.Response:
+    try:
+        spec = await request.json()
+    except ValueError:
+        raise Invalid("the request body is not JSON") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("service"), str) or not isinstance(spec.get("user"), str):
+        raise Invalid("expected {service, user, method?, path?, headers?, body?, sessionType?}")
+    headers = spec.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise Invalid("headers must be a map of strings")
+    decision, config, notes = evaluator.evaluate_request(
+        service=spec["service"],
+        user=spec["user"],
+        method=str(spec.get("method", "POST")),
+        path=str(spec.get("path", "/v1/chat/completions")),
+        headers={"content-type": "application/json", **headers},
+        body=_body_bytes(spec.get("body")),
+        session_type=str(spec.get("sessionType", "CLIENTLESS")),
+    )
+    return web.json_response({"decision": decision_json(decision), "config": config, "notes": list(notes)})
