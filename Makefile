@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
 
-.PHONY: install apt-packages test lint typecheck imports unit run clean
+.PHONY: install apt-packages test lint typecheck imports unit run bench clean
 
 install: apt-packages $(STAMP)
 
@@ -43,6 +43,14 @@ test: lint typecheck imports unit
 
 run: install
 	HOME_DIR=$(HOME_DIR) DOMAIN=$(DOMAIN) BIN=$(BIN) scripts/run-node.sh
+
+# `make bench` (not part of `make test`): wrk against the direct path and the gateway, in one run.
+# BENCH_ARGS="--duration 10 --workers 1,2"; SOAK=600 adds a soak run on the full pipeline.
+SOAK ?= 0
+BENCH_ARGS ?=
+bench: install
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(BIN)/python bench/gateway.py --soak $(SOAK) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) build *.egg-info

@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from cluster.identity.janitor import expire_sessions
 from cluster.identity.tokens import SigningKey, TokenService
 from cluster.observability.accesslog import AccessLog
 from cluster.policy import cel, rego
+from cluster.plugins.registry import PluginBuilder
 from cluster.proxy.authority import Authority
 from cluster.proxy.pipeline import GatewayState, build_state
 from cluster.proxy.server import Gateway
@@ -70,7 +72,8 @@ class StateHolder:
     def __init__(self, cache: ResourceCache, compiler: cel.Compiler) -> None:
         self._cache = cache
         self._compiler = compiler
-        self._state = build_state(cache, compiler)
+        self.plugins = PluginBuilder()
+        self._state = build_state(cache, compiler, self.plugins)
         self._stale = False
         cache.add_listener(self._mark)
 
@@ -80,7 +83,7 @@ class StateHolder:
     def __call__(self) -> GatewayState:
         if self._stale:
             self._stale = False
-            self._state = build_state(self._cache, self._compiler)
+            self._state = build_state(self._cache, self._compiler, self.plugins)
         return self._state
 
 
@@ -89,7 +92,9 @@ def _host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(home: Home, ready: asyncio.Event | None = None) -> None:
+async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = True) -> None:
+    """Serve until SIGINT/SIGTERM. Every worker serves the public listener (SO_REUSEPORT); only the
+    primary also serves the admin API and runs the session janitor."""
     settings = home.load()
     node = socket.gethostname()
     store = SQLiteStore(home.path(settings.store.path), Sealer.from_file(home.store_key))
@@ -149,7 +154,9 @@ async def serve(home: Home, ready: asyncio.Event | None = None) -> None:
     public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None)
     loop = asyncio.get_running_loop()
     public_host, public_port = _host_port(settings.public.listen)
-    listener = await loop.create_server(public_server, public_host, public_port, ssl=tls, backlog=1024)
+    listener = await loop.create_server(
+        public_server, public_host, public_port, ssl=tls, backlog=1024, reuse_port=True
+    )
 
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -157,8 +164,9 @@ async def serve(home: Home, ready: asyncio.Event | None = None) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             follower = tasks.create_task(cache.follow())
-            janitor = tasks.create_task(expire_sessions(store, cache))
-            await admin_site.start()
+            janitor = tasks.create_task(expire_sessions(store, cache)) if primary else None
+            if primary:
+                await admin_site.start()
             log.info(
                 "admin API on https://%s; public listener on %s for *.%s (%s)",
                 settings.admin.listen,
@@ -170,22 +178,39 @@ async def serve(home: Home, ready: asyncio.Event | None = None) -> None:
                 ready.set()
             await stop.wait()
             follower.cancel()
-            janitor.cancel()
+            if janitor is not None:
+                janitor.cancel()
     finally:
         listener.close()
         await public_server.shutdown(5)
         await listener.wait_closed()
         await admin_runner.cleanup()
         await client.close()
+        await state.plugins.aclose()
         await store.close()
         access_log.close()
 
 
 def _run(args: argparse.Namespace) -> int:
+    """`--workers N`: this process is the primary; N-1 more processes serve the public listener beside
+    it, each with its own cache following the shared store."""
     home = Home(Path(args.home))
     warnings.filterwarnings("ignore", message="Sending a large body directly with raw bytes", category=ResourceWarning)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(home))
+    children: list[subprocess.Popen[bytes]] = []
+    if args.workers > 1 and not args.secondary:
+        command = [sys.executable, "-m", "cluster", "run", "--home", str(home.root), "--secondary"]
+        children = [subprocess.Popen(command) for _ in range(args.workers - 1)]
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(serve(home, primary=not args.secondary))
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
     return 0
 
 
@@ -209,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p_init.set_defaults(func=_init)
     p_run = sub.add_parser("run", help="serve a cluster home")
     p_run.add_argument("--home", required=True)
+    p_run.add_argument("--workers", type=int, default=1, help="processes serving the public listener")
+    p_run.add_argument("--secondary", action="store_true", help=argparse.SUPPRESS)
     p_run.set_defaults(func=_run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

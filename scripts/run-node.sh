@@ -6,7 +6,7 @@ DOMAIN=${DOMAIN:-wardgate.localhost}
 BIN=${BIN:-.venv/bin}
 
 if [ ! -f "$HOME_DIR/cluster.toml" ]; then
-  "$BIN/wardgate-cluster" init --home "$HOME_DIR" --domain "$DOMAIN"
+  "$BIN/wardgate-cluster" init --home "$HOME_DIR" --domain "$DOMAIN" --public-listen "${PUBLIC_LISTEN:-0.0.0.0:8443}"
 fi
 export WARDGATE_CONFIG="$PWD/$HOME_DIR/wardgatectl.toml"
 
@@ -29,4 +29,6 @@ echo
 echo "Wardgate is running (admin API $url). In another shell:"
 echo "  export WARDGATE_CONFIG=$WARDGATE_CONFIG"
 echo "  $BIN/wardgatectl get services"
+echo "Public listener: https://<service>.$DOMAIN:8443 (e.g. curl --resolve gemini.$DOMAIN:8443:127.0.0.1 \\"
+echo "  --cacert $HOME_DIR/ca.crt https://gemini.$DOMAIN:8443/v1/models -H 'Authorization: Bearer ...')"
 wait $cluster

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -18,6 +19,7 @@ import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from tests.fakes.openai_provider import FakeOpenAI
 from tests.integration.gateway_env import (
     DEEPSEEK_KEY,
     GEMINI_KEY,
@@ -333,3 +335,109 @@ async def test_upstream_faults_are_reported_and_the_gateway_keeps_serving(gw: Ga
         assert (await raw(gw, "GET", "gemini", bad_path, headers=auth))[0] in (400, 404)
     reply = await client.chat.completions.create(**CHAT)
     assert reply.choices[0].message.content == "echo: hello there gateway"
+
+
+async def test_http_config_prefixes_headers_cors_and_custom_auth(gw: Gateway, tmp_path: Path) -> None:
+    custom = FakeOpenAI(api_key="goog-key-123", api_key_header="x-goog-api-key")
+    async with custom.serve() as url:
+        service = {
+            "kind": "Service",
+            "metadata": {"name": "shaped"},
+            "spec": {
+                "isPublic": True,
+                "config": {
+                    "upstream": {"url": url + "/base"},
+                    "http": {
+                        "path": {"removePrefix": "/api", "addPrefix": "/v1beta/openai"},
+                        "header": {
+                            "addRequestHeaders": [{"name": "x-team", "value": "research"}],
+                            "removeRequestHeaders": ["x-debug"],
+                            "addResponseHeaders": [{"name": "x-served-by", "value": "wardgate"}],
+                            "removeResponseHeaders": ["x-fake-provider"],
+                        },
+                        "cors": {"allowOrigins": ["https://app.example.com"], "allowCredentials": True},
+                        "auth": {"custom": {"header": "x-goog-api-key", "fromSecret": "goog"}},
+                    },
+                },
+                "authorization": {
+                    "inlinePolicies": [{"spec": {"rules": [{"effect": "ALLOW", "condition": {"matchAny": True}}]}}]
+                },
+            },
+        }
+        secret = {"kind": "Secret", "metadata": {"name": "goog"}, "spec": {"data": {"value": "goog-key-123"}}}
+        apply_docs(gw.cluster, [secret, service], tmp_path)
+        token = await fetch_token(gw, "alice-oauth", gw.client_secrets["alice"])
+        status, headers, _ = await raw(
+            gw,
+            "POST",
+            "shaped",
+            "/api/chat/completions",
+            json=CHAT,
+            headers={"Authorization": f"Bearer {token}", "x-debug": "1", "Origin": "https://app.example.com"},
+        )
+        assert status == 200
+        seen = custom.requests[-1]
+        assert seen.path == "/base/v1beta/openai/chat/completions"
+        assert seen.headers["x-team"] == "research" and "x-debug" not in seen.headers
+        assert seen.headers["x-goog-api-key"] == "goog-key-123" and "Authorization" not in seen.headers
+        assert seen.headers["Host"] == url.removeprefix("http://")
+        assert headers["x-served-by"] == "wardgate"
+        assert headers["access-control-allow-origin"] == "https://app.example.com"
+        assert headers["access-control-allow-credentials"] == "true"
+        before = len(custom.requests)
+        status, headers, _ = await raw(
+            gw,
+            "OPTIONS",
+            "shaped",
+            "/api/chat/completions",
+            headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
+        )
+        assert status == 204 and "POST" in headers["access-control-allow-methods"]
+        status, _, _ = await raw(
+            gw,
+            "OPTIONS",
+            "shaped",
+            "/api/chat/completions",
+            headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "POST"},
+        )
+        assert status == 403
+        assert len(custom.requests) == before
+
+
+async def test_client_disconnect_cancels_the_upstream_request(gw: Gateway) -> None:
+    token = await fetch_token(gw, "alice-oauth", gw.client_secrets["alice"])
+    body = {**CHAT, "stream": True, "messages": [{"role": "user", "content": "w " * 50}]}
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            gw.base_url("gemini") + "/chat/completions",
+            json=body,
+            ssl=gw.ssl_context(),
+            headers={"Authorization": f"Bearer {token}", "x-fake-chunk-delay-ms": "200"},
+        )
+        assert (await response.content.readline()).startswith(b"data: ")
+        response.close()
+    entry = await gw.last_log(service="gemini", status=499)
+    assert entry["error"] == "client disconnected"
+    assert entry["durationMs"] < 5000
+
+
+async def test_header_injection_and_garbage_requests_do_not_hurt(gw: Gateway) -> None:
+    token = await fetch_token(gw, "alice-oauth", gw.client_secrets["alice"])
+    context = gw.ssl_context()
+    for payload in (
+        b"GET /v1/models HTTP/1.1\r\nHost: gemini.wardgate.test\r\nX-Evil: a\rInjected: b\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: gemini.wardgate.test\r\nX-Evil: a\nInjected: b\r\n\r\n",
+        b"\x16\x03\x01garbage\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: " + b"a" * 70000 + b"\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", gw.cluster.public_port, ssl=context, server_hostname="gemini.wardgate.test"
+        )
+        writer.write(payload)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(200), 5)
+        assert answer == b"" or answer.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), answer
+        writer.close()
+    reply = await sdk(gw, "gemini", token).chat.completions.create(**CHAT)
+    assert reply.choices[0].message.content == "echo: hello there gateway"
+    assert "Injected" not in json.dumps([dict(r.headers) for r in gw.fakes["gemini"][0].requests])

@@ -1,0 +1,402 @@
+"""`make bench`: the gateway against the direct path, side by side, in one run, measured with wrk.
+
+Starts the fake OpenAI-compatible provider and a Wardgate cluster (its own home in a temporary
+directory), applies two public Services, and runs wrk against: the provider directly (the baseline),
+Wardgate with an empty pipeline (authentication + an allow-all rule), and Wardgate with the full
+pipeline (OAuth2 access token, a my-api-like CEL policy, a dynamic-config rule, a small Lua plugin,
+secret injection, the access log to a file). Prints latency p50/p99 at c=1 and throughput at c=32 and
+c=128, for JSON and SSE answers, each with its ratio to the direct path, plus peak RSS.
+
+    .venv/bin/python bench/gateway.py [--duration 10] [--workers 1,2] [--soak 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DOMAIN = "bench.test"
+PROVIDER_KEY = "sk-bench-provider-key"
+BODY: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "temperature": 0.2,
+    "messages": [{"role": "user", "content": "Say something short about gateways."}],
+}
+LUA = """
+function onRequest(ctx)
+  local body = json.decode(wardgate.req.getRequestBody())
+  if body.temperature ~= nil and body.temperature > 0.7 then
+    body.temperature = 0.7
+  end
+  wardgate.req.setRequestHeader("x-bench-plugin", "1")
+  wardgate.req.setRequestBody(json.encode(body))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, context: ssl.SSLContext | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, context=context, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def manifests(upstream: str, with_plugin: bool) -> list[dict[str, Any]]:
+    allow_all = {"inlinePolicies": [{"spec": {"rules": [{"effect": "ALLOW", "condition": {"matchAny": True}}]}}]}
+    my_api = {
+        "inlinePolicies": [
+            {
+                "spec": {
+                    "rules": [
+                        {
+                            "effect": "ALLOW",
+                            "condition": {
+                                "all": {
+                                    "of": [
+                                        {"match": 'ctx.user.spec.groups.hasAll("dev", "ops")'},
+                                        {"match": "size(ctx.request.http.bodyMap.messages) < 4"},
+                                        {"match": 'ctx.request.http.bodyMap.model in ["gpt-4o-mini", "gpt-4o"]'},
+                                        {"match": "ctx.request.http.bodyMap.temperature < 0.7"},
+                                    ]
+                                }
+                            },
+                        }
+                    ]
+                }
+            }
+        ]
+    }
+    http: dict[str, Any] = {"auth": {"bearer": {"fromSecret": "provider-key"}}}
+    if with_plugin:
+        http["plugins"] = [{"name": "clamp", "lua": {"inline": LUA}}]
+    return [
+        {"kind": "Group", "metadata": {"name": "dev"}, "spec": {}},
+        {"kind": "Group", "metadata": {"name": "ops"}, "spec": {}},
+        {"kind": "User", "metadata": {"name": "bench"}, "spec": {"type": "WORKLOAD", "groups": ["dev", "ops"]}},
+        {"kind": "Secret", "metadata": {"name": "provider-key"}, "spec": {"data": {"value": PROVIDER_KEY}}},
+        {
+            "kind": "Service",
+            "metadata": {"name": "empty"},
+            "spec": {
+                "isPublic": True,
+                "config": {"upstream": {"url": upstream}, "http": {"auth": {"bearer": {"fromSecret": "provider-key"}}}},
+                "authorization": allow_all,
+            },
+        },
+        {
+            "kind": "Service",
+            "metadata": {"name": "full"},
+            "spec": {
+                "isPublic": True,
+                "config": {"upstream": {"url": upstream}, "http": http},
+                "dynamicConfig": {
+                    "configs": [{"name": "primary", "upstream": {"url": upstream}, "http": http}],
+                    "rules": [
+                        {
+                            "condition": {"match": 'ctx.request.http.bodyMap.model == "gpt-4o-mini"'},
+                            "configName": "primary",
+                        }
+                    ],
+                },
+                "authorization": my_api,
+            },
+        },
+    ]
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(
+    url: str, headers: dict[str, str], body: dict[str, Any], connections: int, duration: float, script_dir: Path
+) -> WrkResult:
+    script = script_dir / f"wrk-{abs(hash((url, json.dumps(headers), json.dumps(body))))}.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    threads = min(2, connections)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            "--timeout",
+            "10s",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return WrkResult(rps, p50, p99, errors, total)
+
+
+def rss_kib(pids: list[int], field: str = "VmHWM") -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class Cluster:
+    def __init__(self, root: Path, upstream: str, workers: int, with_plugin: bool) -> None:
+        self.home = root / f"home-{workers}"
+        self.public_port = free_port()
+        admin_port = free_port()
+        subprocess.run(
+            [
+                str(BIN / "wardgate-cluster"),
+                "init",
+                "--home",
+                str(self.home),
+                "--domain",
+                DOMAIN,
+                "--admin-listen",
+                f"127.0.0.1:{admin_port}",
+                "--public-listen",
+                f"127.0.0.1:{self.public_port}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        settings = self.home / "cluster.toml"
+        settings.write_text(settings.read_text().replace("stdout = true", "stdout = false"))
+        self.log = (root / f"cluster-{workers}.log").open("wb")
+        self.process = subprocess.Popen(
+            [str(BIN / "wardgate-cluster"), "run", "--home", str(self.home), "--workers", str(workers)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.context = ssl.create_default_context(cafile=str(self.home / "ca.crt"))
+        wait_http(f"https://127.0.0.1:{admin_port}/healthz", self.context)
+        env = {**os.environ, "WARDGATE_CONFIG": str(self.home / "wardgatectl.toml")}
+        manifest = root / f"bench-{workers}.yaml"
+        manifest.write_text(yaml.safe_dump_all(manifests(upstream, with_plugin)))
+        subprocess.run(
+            [str(BIN / "wardgatectl"), "apply", "-f", str(manifest)], env=env, check=True, capture_output=True
+        )
+        out = subprocess.run(
+            [str(BIN / "wardgatectl"), "create", "credential", "bench-oauth", "--user", "bench", "--type", "oauth2"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        secret = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if "client_secret" in line)
+        self.token = self._token(secret)
+        time.sleep(1.0)
+
+    def _token(self, secret: str) -> str:
+        form = urllib.parse.urlencode(
+            {"grant_type": "client_credentials", "client_id": "bench-oauth", "client_secret": secret}
+        ).encode()
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{self.public_port}/oauth2/token", data=form, headers={"Host": DOMAIN}
+        )
+        with urllib.request.urlopen(request, context=self.context) as r:
+            return str(json.loads(r.read())["access_token"])
+
+    def pids(self) -> list[int]:
+        return [self.process.pid, *children_of(self.process.pid)]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--workers", default="1,2", help="worker counts for the scale-out row")
+    parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak on the full pipeline")
+    parser.add_argument("--no-plugin", action="store_true", help="leave the Lua plugin out of the full pipeline")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install wrk (make bench installs it)", file=sys.stderr)
+        return 1
+    root = Path(tempfile.mkdtemp(prefix="wardgate-bench-"))
+    provider_port = free_port()
+    provider = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.openai_provider",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(provider_port),
+            "--api-key",
+            PROVIDER_KEY,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    upstream = f"http://127.0.0.1:{provider_port}"
+    wait_http(upstream + "/v1/models")
+    worker_counts = [int(n) for n in args.workers.split(",") if n]
+    clusters: dict[int, Cluster] = {}
+    try:
+        cluster = clusters.setdefault(1, Cluster(root, upstream, 1, not args.no_plugin))
+        gateway = f"https://127.0.0.1:{cluster.public_port}/v1/chat/completions"
+        auth = {"Authorization": f"Bearer {cluster.token}", "Content-Type": "application/json"}
+        targets = {
+            "direct": (
+                f"http://127.0.0.1:{provider_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {PROVIDER_KEY}", "Content-Type": "application/json"},
+            ),
+            "empty": (gateway, {**auth, "Host": f"empty.{DOMAIN}"}),
+            "full": (gateway, {**auth, "Host": f"full.{DOMAIN}"}),
+        }
+        bodies = {"json": BODY, "sse": {**BODY, "stream": True, "stream_options": {"include_usage": True}}}
+        rows: list[tuple[str, str, str, WrkResult]] = []
+        for mode, body in bodies.items():
+            for name, (url, headers) in targets.items():
+                rows.append((mode, name, "c=1", run_wrk(url, headers, body, 1, args.duration, root)))
+                for c in (32, 128):
+                    rows.append((mode, name, f"c={c}", run_wrk(url, headers, body, c, args.duration, root)))
+        peak = rss_kib(cluster.pids())
+        print_table(rows, peak)
+        scale: list[tuple[int, WrkResult]] = []
+        for n in worker_counts:
+            if n not in clusters:
+                cluster.stop()
+                clusters.pop(1, None)
+                clusters[n] = Cluster(root, upstream, n, not args.no_plugin)
+            c = clusters[n]
+            url = f"https://127.0.0.1:{c.public_port}/v1/chat/completions"
+            headers = {
+                "Authorization": f"Bearer {c.token}",
+                "Content-Type": "application/json",
+                "Host": f"full.{DOMAIN}",
+            }
+            scale.append((n, run_wrk(url, headers, BODY, 32, args.duration, root)))
+        print("\nScale-out, full pipeline, JSON, c=32:")
+        for n, result in scale:
+            print(
+                f"  workers={n}: {result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:.2f} ms  "
+                f"errors {result.errors}"
+            )
+        if args.soak > 0:
+            soak(clusters[worker_counts[-1]], args.soak, root)
+        return 0
+    finally:
+        for c in clusters.values():
+            c.stop()
+        provider.terminate()
+        provider.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def soak(cluster: Cluster, seconds: float, root: Path) -> None:
+    url = f"https://127.0.0.1:{cluster.public_port}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {cluster.token}", "Content-Type": "application/json", "Host": f"full.{DOMAIN}"}
+    start = rss_kib(cluster.pids(), "VmRSS")
+    result = run_wrk(url, headers, BODY, 32, seconds, root)
+    end = rss_kib(cluster.pids(), "VmRSS")
+    print(
+        f"\nSoak {seconds:.0f} s, full pipeline, c=32: {result.requests} requests, {result.errors} errors, "
+        f"{result.requests_per_second:.0f} req/s; RSS {start / 1024:.1f} MiB at start, {end / 1024:.1f} MiB at end"
+    )
+
+
+def print_table(rows: list[tuple[str, str, str, WrkResult]], peak_kib: int) -> None:
+    direct = {(mode, conc): r for mode, name, conc, r in rows if name == "direct"}
+    print(
+        f"{'body':5} {'target':7} {'conc':6} {'req/s':>9} {'x direct':>9} {'p50 ms':>8} {'+p50 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>7}"
+    )
+    for mode, name, conc, r in rows:
+        base = direct[(mode, conc)]
+        ratio = r.requests_per_second / base.requests_per_second if base.requests_per_second else 0.0
+        added = r.p50_ms - base.p50_ms
+        print(
+            f"{mode:5} {name:7} {conc:6} {r.requests_per_second:9.0f} {ratio:9.2f} {r.p50_ms:8.2f} "
+            f"{added:8.2f} {r.p99_ms:8.2f} {r.errors:7d}"
+        )
+    print(f"\nPeak RSS of the gateway (one worker): {peak_kib / 1024:.1f} MiB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
