@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.errors import Invalid
+from cluster.observability.otlp import TelemetrySettings
 
 
 def _check_listen(value: str) -> str:
@@ -69,6 +70,7 @@ class ClusterSettings(BaseModel):
     public: PublicSettings = Field(default_factory=PublicSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
 
 def base_url(settings: ClusterSettings) -> str:
@@ -99,9 +101,7 @@ class Home:
         try:
             raw = tomllib.loads(self.settings.read_text())
         except FileNotFoundError:
-            raise Invalid(
-                f"{self.settings} not found: run `wardgate-cluster init --home {self.root}`"
-            ) from None
+            raise Invalid(f"{self.settings} not found: run `wardgate-cluster init --home {self.root}`") from None
         except tomllib.TOMLDecodeError as exc:
             raise Invalid(f"{self.settings}: {exc}") from None
         try:

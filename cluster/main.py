@@ -35,11 +35,14 @@ from cluster.identity.authenticate import Authenticator
 from cluster.identity.janitor import expire_sessions
 from cluster.identity.tokens import SigningKey, TokenService
 from cluster.observability.accesslog import AccessLog
-from cluster.policy import cel, rego
+from cluster.observability.metrics import Metrics
+from cluster.observability.otlp import Exporter
 from cluster.plugins.registry import PluginBuilder
+from cluster.policy import cel, rego
 from cluster.proxy.authority import Authority
 from cluster.proxy.pipeline import GatewayState, build_state
 from cluster.proxy.server import Gateway
+from cluster.resources.session import Session
 from cluster.store import Event
 from cluster.store.cache import ResourceCache
 from cluster.store.sealing import Sealer
@@ -87,6 +90,14 @@ class StateHolder:
         return self._state
 
 
+def _session_counts(cache: ResourceCache) -> dict[str, int]:
+    counts = {"CLIENT": 0, "CLIENTLESS": 0}
+    for session in cache.list_kind("Session"):
+        if isinstance(session, Session):
+            counts[session.spec.type.value] += 1
+    return counts
+
+
 def _host_port(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -101,6 +112,9 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
     cache = ResourceCache(store)
     await cache.load()
     access_log = AccessLog(home.path(settings.log.access_log), stdout=settings.log.stdout)
+    metrics = Metrics(sessions=lambda: _session_counts(cache))
+    exporter = Exporter(settings.telemetry, node, on_drop=metrics.drop)
+    exporter.start()
     tokens = TokenService(SigningKey.from_file(home.signing_key), base_url(settings))
     authenticator = Authenticator(cache, tokens)
     compiler = cel.Compiler()
@@ -109,7 +123,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
     tls = server_ssl_context(home)
 
     admin_runner = web.AppRunner(
-        make_admin_app(store, cache, authenticator, authority, authority, access_log, check_expression, node),
+        make_admin_app(store, cache, authenticator, authority, authority, access_log, check_expression, node, metrics),
         access_log=None,
         handle_signals=False,
     )
@@ -154,9 +168,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
     public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None)
     loop = asyncio.get_running_loop()
     public_host, public_port = _host_port(settings.public.listen)
-    listener = await loop.create_server(
-        public_server, public_host, public_port, ssl=tls, backlog=1024, reuse_port=True
-    )
+    listener = await loop.create_server(public_server, public_host, public_port, ssl=tls, backlog=1024, reuse_port=True)
 
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -188,6 +200,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
         await client.close()
         await state.plugins.aclose()
         await store.close()
+        await asyncio.to_thread(exporter.close)
         access_log.close()
 
 

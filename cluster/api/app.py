@@ -14,16 +14,28 @@ from cluster.api.admission import ExpressionCheck
 from cluster.api.auth import AdminPolicy, caller_of, identify
 from cluster.api.errors import error_middleware, error_response
 from cluster.api.policy_eval import PolicyEvaluator
-from cluster.api.state import ACCESS_LOG, ADMIN_POLICY, AUTHENTICATOR, CACHE, CHECK_EXPRESSION, NODE, POLICY_EVAL, STORE
+from cluster.api.state import (
+    ACCESS_LOG,
+    ADMIN_POLICY,
+    AUTHENTICATOR,
+    CACHE,
+    CHECK_EXPRESSION,
+    METRICS,
+    NODE,
+    POLICY_EVAL,
+    STORE,
+)
 from cluster.errors import Forbidden, Unauthenticated
 from cluster.identity.authenticate import Authenticator
 from cluster.observability.accesslog import AccessLog
+from cluster.observability.metrics import Metrics
 from cluster.store import Store
 from cluster.store.cache import ResourceCache
 
 CALLER = "wardgate.caller"
 DENIAL = "wardgate.denial"
-PUBLIC_PATHS = frozenset({"/healthz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+"""Unauthenticated on the admin listener (loopback by default): liveness and Prometheus scraping."""
 
 
 @web.middleware
@@ -40,23 +52,24 @@ async def access_log_middleware(request: web.Request, handler: Any) -> web.Strea
         return response
     finally:
         caller = request[CALLER]
-        request.app[ACCESS_LOG].write(
-            {
-                "time": datetime.now(UTC).isoformat(),
-                "requestId": request_id,
-                "node": request.app[NODE],
-                "listener": "admin",
-                "user": caller.user if caller else None,
-                "credential": caller.credential if caller else None,
-                "session": caller.session if caller else None,
-                "method": request.method,
-                "path": request.path,
-                "status": status,
-                "reason": request[DENIAL],
-                "remote": request.remote,
-                "durationMs": round((time.perf_counter() - started) * 1000, 3),
-            }
-        )
+        entry = {
+            "time": datetime.now(UTC).isoformat(),
+            "requestId": request_id,
+            "node": request.app[NODE],
+            "listener": "admin",
+            "user": caller.user if caller else None,
+            "credential": caller.credential if caller else None,
+            "session": caller.session if caller else None,
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "reason": request[DENIAL],
+            "remote": request.remote,
+            "durationMs": round((time.perf_counter() - started) * 1000, 3),
+        }
+        request.app[ACCESS_LOG].write(entry)
+        if request.path != "/metrics":
+            request.app[METRICS].observe(entry)
 
 
 @web.middleware
@@ -78,6 +91,15 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     return result
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "revision": request.app[CACHE].revision})
 
@@ -91,6 +113,7 @@ def make_admin_app(
     access_log: AccessLog,
     check_expression: ExpressionCheck,
     node: str,
+    metrics_registry: Metrics,
 ) -> web.Application:
     app = web.Application(
         middlewares=[access_log_middleware, error_middleware, auth_middleware],
@@ -104,6 +127,8 @@ def make_admin_app(
     app[ACCESS_LOG] = access_log
     app[CHECK_EXPRESSION] = check_expression
     app[NODE] = node
+    app[METRICS] = metrics_registry
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_routes(admin.routes)
     return app

@@ -9,6 +9,7 @@ from cluster.api.auth import AdminPolicy
 from cluster.api.policy_eval import PolicyEvaluator
 from cluster.identity.authenticate import Authenticator
 from cluster.observability.accesslog import AccessLog
+from cluster.observability.metrics import Metrics
 from cluster.store import Store
 from cluster.store.cache import ResourceCache
 
@@ -20,3 +21,4 @@ POLICY_EVAL: web.AppKey[PolicyEvaluator] = web.AppKey("policy_eval")
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 CHECK_EXPRESSION: web.AppKey[ExpressionCheck] = web.AppKey("check_expression")
 NODE = web.AppKey("node", str)
+METRICS = web.AppKey("metrics", Metrics)

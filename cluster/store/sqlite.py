@@ -38,7 +38,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0)
 """
 
 KEEP_EVENTS = 10_000
-POLL_INTERVAL = 0.25
+POLL_INTERVAL = 0.1
 
 
 class SQLiteStore:

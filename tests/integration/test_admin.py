@@ -178,3 +178,14 @@ def test_stale_resource_version_is_refused(cluster: RunningCluster, tmp_path: Pa
     assert "changed since it was read" in stale.stderr and "(HTTP 409)" in stale.stderr
     got = yaml.safe_load(cluster.ctl("get", "service", "gemini", "-o", "yaml", check=True).stdout)
     assert got["spec"]["isPublic"] is False
+
+
+def test_metrics_endpoint_counts_admin_requests(cluster: RunningCluster) -> None:
+    cluster.ctl("get", "services", check=True)
+    cluster.ctl("get", "widgets")
+    request = urllib.request.Request(cluster.url + "/metrics")
+    with urllib.request.urlopen(request, context=cluster.ssl_context(), timeout=10) as response:
+        text = response.read().decode()
+    assert 'wardgate_requests_total{decision="-",listener="admin",service="-",status="200"}' in text
+    assert 'wardgate_active_sessions{type="CLIENTLESS"} 0.0' in text
+    assert cluster.token not in text

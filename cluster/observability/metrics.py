@@ -1,0 +1,109 @@
+"""Prometheus metrics for `/metrics` on the admin listener, fed from each request's access-log entry.
+
+Label children are cached per label tuple, so a request costs a few dict lookups and increments.
+Gauges that describe state (active sessions) are computed at scrape time from the resource cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _StateCollector(Collector):
+    def __init__(self, sessions: Callable[[], Mapping[str, int]]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("wardgate_active_sessions", "Live sessions by type", labels=["type"])
+        for kind, count in sorted(self._sessions().items()):
+            family.add_metric([kind], count)
+        yield family
+
+
+class Metrics:
+    """The gateway's metrics, in their own registry (tests and several clusters in one process stay apart)."""
+
+    def __init__(self, sessions: Callable[[], Mapping[str, int]] = dict) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "wardgate_requests",
+            "Requests by service, status and decision",
+            ["listener", "service", "status", "decision"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "wardgate_request_duration_seconds",
+            "Total request duration",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream = Histogram(
+            "wardgate_upstream_duration_seconds",
+            "Upstream duration (to the end of the answer)",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "wardgate_llm_tokens",
+            "LLM tokens from usage reports",
+            ["service", "user", "model", "direction"],
+            registry=self.registry,
+        )
+        self.plugin_failures = Counter(
+            "wardgate_plugin_failures",
+            "Plugin errors and timeouts",
+            ["service", "plugin", "kind"],
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "wardgate_telemetry_dropped",
+            "Spans and log records dropped (queue full or collector down)",
+            ["signal"],
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(sessions))
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe(self, entry: Mapping[str, Any]) -> None:
+        """Count one finished request from its access-log entry."""
+        service = entry.get("service") or "-"
+        decision = entry.get("decision")
+        effect = decision.get("effect", "-") if isinstance(decision, dict) else "-"
+        self._child(self.requests, entry.get("listener", "public"), service, str(entry.get("status", 0)), effect).inc()
+        if "durationMs" in entry:
+            self._child(self.duration, service).observe(entry["durationMs"] / 1000)
+        if "upstreamMs" in entry:
+            self._child(self.upstream, service).observe(entry["upstreamMs"] / 1000)
+        usage = entry.get("usage")
+        if isinstance(usage, dict):
+            user, model = entry.get("user") or "-", entry.get("model") or "-"
+            for direction, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+                value = usage.get(key)
+                if isinstance(value, int | float) and value > 0:
+                    self._child(self.tokens, service, user, model, direction).inc(value)
+        for failure in entry.get("pluginFailures", ()):
+            self._child(
+                self.plugin_failures, service, str(failure.get("plugin", "-")), str(failure.get("kind", "error"))
+            ).inc()
+
+    def drop(self, signal: str, count: int) -> None:
+        self._child(self.dropped, signal).inc(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
