@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.errors import Invalid
+from cluster.identity.addresses import TunnelSettings
 from cluster.observability.otlp import TelemetrySettings
 
 
@@ -70,6 +71,7 @@ class ClusterSettings(BaseModel):
     public: PublicSettings = Field(default_factory=PublicSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    tunnel: TunnelSettings = Field(default_factory=TunnelSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
 

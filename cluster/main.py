@@ -3,7 +3,8 @@
 run:  home/cluster.toml ─▶ SQLiteStore ─▶ ResourceCache (snapshot, then the change feed)
       ─▶ GatewayState (compiled from the cache, rebuilt lazily after a change)
       ─▶ public HTTPS listener: <service>.<domain> ─▶ proxy.Gateway;  <domain> ─▶ api.oauth (token, JWKS)
-      ─▶ admin API (HTTPS, its own port)
+      ─▶ admin API (HTTPS, its own port); /agent/v1 for node agents (api.agent)
+      ─▶ tunnel listener: <service>.<zone> over WireGuard ─▶ proxy.tunnel.TunnelGateway (identity = source address)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -25,12 +27,15 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
+from cluster.api.agent import AgentApi
 from cluster.api.app import make_admin_app
 from cluster.api.login import BrowserLogin
 from cluster.api.oauth import ApexEndpoints
+from cluster.api.user import ClientAccess
 from cluster.bootstrap import init_home
 from cluster.config import Home, base_url
 from cluster.errors import WardgateError
+from cluster.identity.addresses import AddressAllocator, TunnelIdentities, TunnelSettings
 from cluster.identity.authenticate import Authenticator
 from cluster.identity.janitor import expire_sessions
 from cluster.identity.tokens import SigningKey, TokenService
@@ -41,7 +46,8 @@ from cluster.plugins.registry import PluginBuilder
 from cluster.policy import cel, rego
 from cluster.proxy.authority import Authority
 from cluster.proxy.pipeline import GatewayState, build_state
-from cluster.proxy.server import Gateway
+from cluster.proxy.server import Gateway, Telemetry
+from cluster.proxy.tunnel import TunnelGateway, TunnelListener
 from cluster.resources.session import Session
 from cluster.store import Event
 from cluster.store.cache import ResourceCache
@@ -98,6 +104,34 @@ def _session_counts(cache: ResourceCache) -> dict[str, int]:
     return counts
 
 
+def _tunnel_listener(
+    settings: TunnelSettings,
+    domain: str,
+    cache: ResourceCache,
+    state: StateHolder,
+    authenticator: Authenticator,
+    access_log: AccessLog,
+    client: aiohttp.ClientSession,
+    node: str,
+    telemetry: Telemetry,
+) -> TunnelListener | None:
+    if not settings.enabled:
+        return None
+    network = settings.network(domain)
+    gateway = TunnelGateway(
+        zone=network.dns_zone,
+        identities=TunnelIdentities(cache),
+        state=state,
+        authenticator=authenticator,
+        access_log=access_log,
+        client=client,
+        node=node,
+    )
+    gateway.telemetry = telemetry
+    addresses = [network.gateway_ipv4, network.gateway_ipv6]
+    return TunnelListener(gateway.handle, settings.interface, addresses, settings.http_port)
+
+
 def _host_port(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -122,11 +156,11 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
     authority = Authority(state, cache, compiler, settings.admin.policies, settings.domain)
     tls = server_ssl_context(home)
 
-    admin_runner = web.AppRunner(
-        make_admin_app(store, cache, authenticator, authority, authority, access_log, check_expression, node, metrics),
-        access_log=None,
-        handle_signals=False,
+    admin_app = make_admin_app(
+        store, cache, authenticator, authority, authority, access_log, check_expression, node, metrics
     )
+    AgentApi(cache, settings.tunnel, settings.domain).install(admin_app)
+    admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
     await admin_runner.setup()
     admin_site = web.TCPSite(admin_runner, *_host_port(settings.admin.listen), ssl_context=tls)
 
@@ -155,6 +189,18 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
         node=node,
     )
     login.register(apex.extra_routes)
+    ClientAccess(
+        domain=settings.domain,
+        store=store,
+        cache=cache,
+        authenticator=authenticator,
+        tokens=tokens,
+        refresh_tokens=TokenService(SigningKey.from_file(home.signing_key), base_url(settings) + "/v1/client/refresh"),
+        allocator=AddressAllocator(store, cache, settings.tunnel),
+        settings=settings.tunnel,
+        access_log=access_log,
+        node=node,
+    ).register(apex.extra_routes)
     gateway = Gateway(
         domain=settings.domain,
         state=state,
@@ -165,11 +211,20 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
         node=node,
         login_url=login.login_url,
     )
+    gateway.telemetry = telemetry = Telemetry(metrics, exporter)
     public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None)
+    tunnel = _tunnel_listener(
+        settings.tunnel, settings.domain, cache, state, authenticator, access_log, client, node, telemetry
+    )
     loop = asyncio.get_running_loop()
     public_host, public_port = _host_port(settings.public.listen)
     listener = await loop.create_server(public_server, public_host, public_port, ssl=tls, backlog=1024, reuse_port=True)
 
+    # Startup objects (compiled state, modules) never die: freeze them out of the collector's scans, and
+    # collect young objects less often (profiling showed ~7 % of request CPU in the collector).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -177,6 +232,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
         async with asyncio.TaskGroup() as tasks:
             follower = tasks.create_task(cache.follow())
             janitor = tasks.create_task(expire_sessions(store, cache)) if primary else None
+            tunnel_task = tasks.create_task(tunnel.run()) if tunnel is not None else None
             if primary:
                 await admin_site.start()
             log.info(
@@ -192,10 +248,14 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
             follower.cancel()
             if janitor is not None:
                 janitor.cancel()
+            if tunnel_task is not None:
+                tunnel_task.cancel()
     finally:
         listener.close()
         await public_server.shutdown(5)
         await listener.wait_closed()
+        if tunnel is not None:
+            await tunnel.shutdown()
         await admin_runner.cleanup()
         await client.close()
         await state.plugins.aclose()

@@ -73,7 +73,8 @@ class RunningCluster:
         return path.read_text().splitlines() if path.exists() else []
 
 
-def start_cluster(home: Path, domain: str = "wardgate.test") -> RunningCluster:
+def start_cluster(home: Path, domain: str = "wardgate.test", extra_settings: str = "") -> RunningCluster:
+    """Init and run a cluster; `extra_settings` (TOML tables) is appended to cluster.toml before it starts."""
     port = free_port()
     public_port = free_port()
     subprocess.run(
@@ -93,6 +94,9 @@ def start_cluster(home: Path, domain: str = "wardgate.test") -> RunningCluster:
         capture_output=True,
         timeout=60,
     )
+    if extra_settings:
+        settings = home / "cluster.toml"
+        settings.write_text(settings.read_text() + "\n" + extra_settings)
     log_path = home.parent / f"{home.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+from cluster.plugins.registry import check_plugin as build_check
 from cluster.resources.common import Authorization, Rule
 from cluster.resources.kinds import AnyResource
 from cluster.resources.policy import Policy
-from cluster.resources.service import Service, condition_expressions
+from cluster.resources.service import Plugin, Service, condition_expressions
 from cluster.resources.user import Group, User
 
 ExpressionCheck = Callable[[str, str], str | None]
 """(language, source) -> None when it compiles, else the compiler's message with its position. The
 language is `cel` or `rego`, told by the field path (`.match` or `.opa.inline`)."""
+
+PluginCheck = Callable[[Plugin], str | None]
+"""None when a plugin can be built (a Lua script compiles and loads), else why not, with the line."""
+
+
+def _plugin_problems(resource: AnyResource, check_plugin: PluginCheck) -> list[str]:
+    found: list[str] = []
+    if isinstance(resource, Service):
+        for config_name, config in resource.spec.all_configs():
+            for i, plugin in enumerate(config.http.plugins):
+                message = check_plugin(plugin)
+                if message is not None:
+                    found.append(f"config {config_name!r} plugins[{i}] ({plugin.name}): {message}")
+    return found
 
 
 def _rule_expressions(rules: list[Rule], where: str) -> list[tuple[str, str]]:
@@ -64,6 +79,7 @@ def admit(
     resources: Iterable[AnyResource],
     visible: Mapping[tuple[str, str], AnyResource],
     check_expression: ExpressionCheck,
+    check_plugin: PluginCheck = build_check,
 ) -> tuple[list[str], list[str]]:
     """(errors, warnings) for writing `resources`, given every resource that will exist afterwards
     (`visible`, keyed by kind and name). Errors block the whole write; warnings are reported."""
@@ -75,5 +91,6 @@ def admit(
             message = check_expression("rego" if path.endswith(".opa.inline") else "cel", source)
             if message is not None:
                 errors.append(f"{label}: {path}: {message}")
+        errors.extend(f"{label}: {text}" for text in _plugin_problems(resource, check_plugin))
         warnings.extend(f"{label}: {text}" for text in _dangling(resource, visible))
     return errors, warnings

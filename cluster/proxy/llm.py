@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 TAIL_BYTES = 16 * 1024
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([a-z_]{1,40})"')
 JSON_CAPTURE_LIMIT = 2 * 1024 * 1024
 
 
@@ -71,6 +73,22 @@ class ResponseTap:
             else:
                 self._mode = ""
                 self._buffer.clear()
+
+    def finish_reasons(self) -> list[str] | None:
+        """`finish_reason` of each choice (JSON), or every non-null one seen in the stream's tail (SSE)."""
+        if self._mode == "json":
+            try:
+                value = orjson.loads(bytes(self._buffer))
+            except orjson.JSONDecodeError:
+                return None
+            choices = value.get("choices") if isinstance(value, dict) else None
+            found = [c.get("finish_reason") for c in choices or () if isinstance(c, dict)]
+        elif self._mode == "sse":
+            found = [m.decode() for m in _FINISH.findall(bytes(self._buffer))]
+        else:
+            return None
+        reasons = [r for r in found if isinstance(r, str)]
+        return reasons or None
 
     def usage(self) -> dict[str, Any] | None:
         if self._mode == "sse":

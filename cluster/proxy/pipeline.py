@@ -2,7 +2,9 @@
 
 Built when the cache changes (never per request): per Service its configs, the dynamic-config rules
 and the authorization RuleSet; per User and Group their RuleSets and the JSON docs policies see.
-CEL programs come from one Compiler (cached by source hash), so a rebuild recompiles nothing unchanged.
+CEL programs come from one Compiler (cached by source hash), so a rebuild recompiles nothing unchanged;
+each config's plugin chain comes from one PluginBuilder, which reuses plugins whose spec is unchanged
+(Lua scripts compile here, in runtime pools; never per request).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from cluster.plugins.manager import PluginChain
+from cluster.plugins.registry import PluginBuilder
 from cluster.policy import cel
 from cluster.policy.context import resource_doc
 from cluster.policy.engine import CompiledCondition, RuleSet, compile_authorization, compile_condition, compile_policy
@@ -39,9 +43,10 @@ class Route:
     remove_request_headers: frozenset[str]
     add_response_headers: tuple[tuple[str, str], ...]
     remove_response_headers: frozenset[str]
+    plugins: PluginChain = field(default_factory=PluginChain)
 
 
-def make_route(name: str, config: ServiceConfig) -> Route:
+def make_route(name: str, config: ServiceConfig, plugins: PluginChain | None = None) -> Route:
     parts = urlsplit(config.upstream.url)
     header = config.http.header
     return Route(
@@ -55,6 +60,7 @@ def make_route(name: str, config: ServiceConfig) -> Route:
         remove_request_headers=frozenset(h.lower() for h in header.remove_request_headers),
         add_response_headers=tuple((h.name, h.value) for h in header.add_response_headers),
         remove_response_headers=frozenset(h.lower() for h in header.remove_response_headers),
+        plugins=plugins if plugins is not None else PluginChain(),
     )
 
 
@@ -88,9 +94,13 @@ class GatewayState:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _compile_service(service: Service, named: Mapping[str, RuleSet], compiler: cel.Compiler) -> ServicePipeline:
+def _compile_service(
+    service: Service, named: Mapping[str, RuleSet], compiler: cel.Compiler, plugins: PluginBuilder
+) -> ServicePipeline:
     spec = service.spec
-    routes = {name: make_route(name, cfg) for name, cfg in spec.all_configs()}
+    routes = {
+        name: make_route(name, cfg, plugins.chain(cfg.http.plugins, compiler)) for name, cfg in spec.all_configs()
+    }
     dynamic: list[tuple[CompiledCondition, str]] = []
     if spec.dynamic_config is not None:
         dynamic = [(compile_condition(r.condition, compiler), r.config_name) for r in spec.dynamic_config.rules]
@@ -106,8 +116,13 @@ def _compile_service(service: Service, named: Mapping[str, RuleSet], compiler: c
     )
 
 
-def build_state(cache: ResourceCache, compiler: cel.Compiler) -> GatewayState:
-    """Compile everything; a resource that fails to compile is left out (and reported), never half-built."""
+def build_state(cache: ResourceCache, compiler: cel.Compiler, plugins: PluginBuilder | None = None) -> GatewayState:
+    """Compile everything; a resource that fails to compile is left out (and reported), never half-built.
+
+    Pass the same `plugins` builder on every rebuild: it keeps plugin instances (Lua runtime pools,
+    gRPC channels) whose spec did not change. Without one, plugins are built afresh.
+    """
+    plugins = plugins if plugins is not None else PluginBuilder()
     errors: dict[str, str] = {}
     named: dict[str, RuleSet] = {}
     for policy in cache.list_kind("Policy"):
@@ -141,13 +156,14 @@ def build_state(cache: ResourceCache, compiler: cel.Compiler) -> GatewayState:
     for service in cache.list_kind("Service"):
         assert isinstance(service, Service)
         try:
-            services[service.metadata.name] = _compile_service(service, named, compiler)
+            services[service.metadata.name] = _compile_service(service, named, compiler, plugins)
         except Exception as exc:
             errors[f"service/{service.metadata.name}"] = str(exc)
     secrets = {}
     for secret in cache.list_kind("Secret"):
         assert isinstance(secret, Secret)
         secrets[secret.metadata.name] = secret.spec.reveal()
+    plugins.prune()
     for where, message in errors.items():
         log.error("%s left out of the gateway: %s", where, message)
     return GatewayState(services, principals, secrets, errors)

@@ -3,7 +3,9 @@
     Host ─▶ ServicePipeline (404 if unknown or not public) ─▶ CORS preflight?
     ─▶ identify (bearer token or cookie; cache only) ─▶ read body (limit) ─▶ ctx, built once
     ─▶ dynamic config (first matching rule) ─▶ authorize (Service + User + Groups rules; default deny)
+    ─▶ plugins' request phase on an HttpFlow (a plugin may answer: no upstream then)
     ─▶ upstream request (identity headers stripped, secret injected, X-Forwarded-* set)
+    ─▶ plugins' response phase (the body is buffered only if a plugin that ran has a `response` hook)
     ─▶ relay the response chunk by chunk ─▶ one access-log line
 Requests for the bare `<domain>` (token endpoint, discovery, login) go to the `apex` handler.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +30,12 @@ from yarl import URL
 from cluster.errors import Unauthenticated, Unavailable
 from cluster.identity.authenticate import SESSION_COOKIE, Authenticator, Identity
 from cluster.observability.accesslog import AccessLog
+from cluster.observability.metrics import Metrics
+from cluster.observability.otlp import Exporter, SpanKind, SpanRecord, TraceContext, new_trace
+from cluster.plugins.flow import HttpFlow
+from cluster.plugins.flow import Request as FlowRequest
+from cluster.plugins.flow import Response as FlowResponse
+from cluster.plugins.manager import ChainRun, PluginError
 from cluster.policy.context import build_ctx, parse_body_map
 from cluster.policy.engine import ConditionError, Decision, EvalInput, RuleSet, evaluate
 from cluster.proxy.headers import client_response_headers, upstream_request_headers
@@ -41,6 +49,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 MAX_HOST_LENGTH = 253
+MAX_BUFFERED_RESPONSE = 32 * 1024 * 1024
+"""The largest upstream response held in memory for plugins with a `response` hook (larger: 502)."""
 
 
 class _StreamBroken(Exception):
@@ -54,11 +64,48 @@ def openai_error(status: int, message: str, kind: str, code: str | None = None) 
 
 @dataclass(slots=True)
 class Exchange:
-    """What one request accumulates for its access-log line."""
+    """What one request accumulates for its access-log line and its trace."""
 
     request_id: str
     started: float
+    trace: TraceContext
+    started_ns: int
     entry: dict[str, Any] = field(default_factory=dict)
+    spans: list[SpanRecord] = field(default_factory=list)
+
+    def span(
+        self,
+        name: str,
+        started: float,
+        attributes: dict[str, Any],
+        kind: SpanKind = SpanKind.INTERNAL,
+        span_id: bytes | None = None,
+    ) -> SpanRecord:
+        """A child of the server span from `started` (perf_counter) to now."""
+        now = time.perf_counter()
+        record = SpanRecord(
+            name,
+            span_id or os.urandom(8),
+            self.trace.server_span,
+            self.started_ns + int((started - self.started) * 1e9),
+            self.started_ns + int((now - self.started) * 1e9),
+            kind,
+            attributes,
+        )
+        self.spans.append(record)
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """Where a finished request's record goes besides the access log: metrics and OTLP."""
+
+    metrics: Metrics
+    exporter: Exporter
+
+    @property
+    def trust_traceparent(self) -> bool:
+        return self.exporter.settings.trust_incoming_traceparent
 
 
 def _safe_path(raw_path: str) -> bool:
@@ -97,6 +144,13 @@ def _cors_headers(cors: Cors, origin: str) -> dict[str, str] | None:
 class Gateway:
     """The request handler of the public listener (an aiohttp low-level handler)."""
 
+    # The tunnel listener (proxy/tunnel.py) subclasses this handler: it names itself in the access log, is
+    # plain HTTP inside WireGuard, serves non-public Services too, and identifies by source address.
+    listener = "public"
+    scheme = "https"
+    requires_public = True
+    telemetry: Telemetry | None = None
+
     def __init__(
         self,
         *,
@@ -124,7 +178,9 @@ class Gateway:
         host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")
         if host == self._domain:
             return await self._apex(request)
-        ex = Exchange(uuid.uuid4().hex, time.perf_counter())
+        telemetry = self.telemetry
+        trace = new_trace(request.headers.get("traceparent"), telemetry is not None and telemetry.trust_traceparent)
+        ex = Exchange(os.urandom(16).hex(), time.perf_counter(), trace, time.time_ns())
         ex.entry.update(method=request.method, path=request.path, host=host[:MAX_HOST_LENGTH])
         status = 500
         try:
@@ -144,18 +200,33 @@ class Gateway:
 
     def _write_log(self, request: web.BaseRequest, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
-        self._log.write(
-            {
-                "time": datetime.now(UTC).isoformat(),
-                "requestId": ex.request_id,
-                "node": self._node,
-                "listener": "public",
-                "remote": request.remote,
-                **ex.entry,
-                "status": status,
-                "durationMs": round(total * 1000, 3),
-            }
-        )
+        entry = {
+            "time": datetime.now(UTC).isoformat(),
+            "requestId": ex.request_id,
+            "traceId": ex.trace.trace_id.hex(),
+            "node": self._node,
+            "listener": self.listener,
+            "remote": request.remote,
+            **ex.entry,
+            "status": status,
+            "durationMs": round(total * 1000, 3),
+        }
+        self._log.write(entry)
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.metrics.observe(entry)
+            if telemetry.exporter.enabled:
+                server = SpanRecord(
+                    f"{request.method} {ex.entry.get('service', '-')}",
+                    ex.trace.server_span,
+                    ex.trace.parent,
+                    ex.started_ns,
+                    ex.started_ns + int(total * 1e9),
+                    SpanKind.SERVER,
+                    _server_attributes(entry),
+                    error=f"HTTP {status}" if status >= 500 else None,
+                )
+                telemetry.exporter.record(ex.trace, [server, *ex.spans], entry)
 
     def _deny(self, ex: Exchange, status: int, reason: str, message: str, kind: str, code: str) -> web.Response:
         ex.entry["reason"] = reason
@@ -212,7 +283,7 @@ class Gateway:
         state = self._state()
         name = host[: -len(self._suffix)] if host.endswith(self._suffix) else ""
         pipe = state.services.get(name) if name and "." not in name else None
-        if pipe is None or not pipe.service.spec.is_public:
+        if pipe is None or (self.requires_public and not pipe.service.spec.is_public):
             return self._deny(
                 ex,
                 404,
@@ -279,7 +350,7 @@ class Gateway:
                 query=dict(request.query),
                 headers={k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"},
                 host=host,
-                scheme="https",
+                scheme=self.scheme,
                 body=body,
                 body_map=body_map,
                 ip=request.remote or "",
@@ -301,13 +372,98 @@ class Gateway:
                 "invalid_request_error",
                 "request_too_large",
             )
+        authorize_started = time.perf_counter()
         decision = evaluate(RuleSet.merge(pipe.rules, principal.rules), inp)
         ex.entry["decision"] = _decision_entry(decision)
+        ex.span("authorize", authorize_started, {f"wardgate.decision.{k}": v for k, v in ex.entry["decision"].items()})
         if decision.effect is not Effect.ALLOW:
             return self._deny(
                 ex, 403, decision.reason.value, "Access denied by policy.", "permission_denied", "forbidden"
             )
-        return await self._forward(request, route, body, state, ex, host, origin)
+        headers = upstream_request_headers(request.headers, route.remove_request_headers, SESSION_COOKIE)
+        for name, value in route.add_request_headers:
+            headers[name] = value
+        url = request.rel_url
+        outgoing = FlowRequest(request.method, url.raw_path, url.raw_query_string, headers, body)
+        if not route.plugins:
+            return await self._forward(request, route, outgoing, state, ex, host, origin, None)
+        return await self._plugins(request, route, outgoing, state, ex, host, origin, inp)
+
+    async def _plugins(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        outgoing: FlowRequest,
+        state: GatewayState,
+        ex: Exchange,
+        host: str,
+        origin: str | None,
+        inp: EvalInput,
+    ) -> web.StreamResponse:
+        flow = HttpFlow(ex.entry.get("service", ""), ex.request_id, outgoing, inp.ctx)
+        run = route.plugins.begin(inp)
+        ex.entry["plugins"] = list(route.plugins.names)
+        original = outgoing.body
+        plugins_started = time.perf_counter()
+        try:
+            await run.request(flow)
+        except PluginError as exc:
+            names = {"wardgate.plugins": list(route.plugins.names)}
+            ex.span("plugins.request", plugins_started, names).error = str(exc)
+            return self._plugin_failed(ex, exc)
+        finally:
+            if run.notes:
+                ex.entry.setdefault("notes", []).extend(run.notes)
+        ex.span(
+            "plugins.request",
+            plugins_started,
+            {"wardgate.plugins": list(route.plugins.names), "wardgate.plugins.answered_by": run.answered_by},
+        )
+        if flow.request.body is not original and flow.request.body != original:
+            changed = request_model(parse_body_map(flow.request.body, flow.request.headers.get("Content-Type", "")))
+            if changed != ex.entry.get("model"):
+                ex.entry["upstreamModel"] = changed
+        if flow.response is None:
+            return await self._forward(request, route, flow.request, state, ex, host, origin, (flow, run))
+        ex.entry["answeredBy"] = run.answered_by
+        flow.response.headers.extend(route.add_response_headers)
+        try:
+            await run.response_headers(flow)
+            if run.wants_response_body:
+                await run.response(flow)
+        except PluginError as exc:
+            return self._plugin_failed(ex, exc)
+        return self._complete(flow.response, route, ex, origin, run.answered_by)
+
+    def _plugin_failed(self, ex: Exchange, exc: PluginError) -> web.Response:
+        kind = "timeout" if "time" in exc.detail.lower() or "instruction" in exc.detail.lower() else "error"
+        ex.entry.setdefault("pluginFailures", []).append({"plugin": exc.plugin, "hook": exc.hook, "kind": kind})
+        log.error("service %s: %s; failing the request closed", ex.entry.get("service"), exc)
+        return self._deny(
+            ex, 500, str(exc), "The gateway could not process this request.", "server_error", "plugin_failed"
+        )
+
+    def _complete(
+        self, answer: FlowResponse, route: Route, ex: Exchange, origin: str | None, plugin: str | None
+    ) -> web.Response:
+        """A whole response from the plugins (an answer, or a buffered upstream response they saw)."""
+        body = answer.body or b""
+        headers = answer.headers
+        if not body and answer.status >= 400 and plugin is not None and "Content-Type" not in headers:
+            error = openai_error(
+                answer.status,
+                f"The request was rejected by the gateway (plugin {plugin!r}).",
+                "invalid_request_error",
+                "plugin_rejected",
+            )
+            body, headers["Content-Type"] = error.body, "application/json"  # type: ignore[assignment]
+        response = web.Response(status=answer.status, body=body, headers=headers)
+        response.headers["x-request-id"] = ex.request_id
+        cors = route.config.http.cors
+        if cors is not None and origin:
+            response.headers.update(_cors_headers(cors, origin) or {})
+        ex.entry["bytesOut"] = len(body)
+        return response
 
     def _preflight(self, cors: Cors, origin: str, ex: Exchange) -> web.Response:
         headers = _cors_headers(cors, origin)
@@ -327,16 +483,19 @@ class Gateway:
         self,
         request: web.BaseRequest,
         route: Route,
-        body: bytes,
+        outgoing: FlowRequest,
         state: GatewayState,
         ex: Exchange,
         host: str,
         origin: str | None,
+        plugins: tuple[HttpFlow, ChainRun] | None,
     ) -> web.StreamResponse:
         http = route.config.http
-        headers = upstream_request_headers(request.headers, route.remove_request_headers, SESSION_COOKIE)
-        for name, value in route.add_request_headers:
-            headers[name] = value
+        headers = outgoing.headers
+        body = outgoing.body
+        buffered = plugins is not None and plugins[1].wants_response_body
+        if buffered:
+            headers["Accept-Encoding"] = "identity"
         if http.auth is not None:
             try:
                 name, value = await auth_header(http.auth, state.secrets, self._oauth2)
@@ -353,11 +512,13 @@ class Gateway:
             headers[name] = value
         headers["Host"] = route.host_header
         headers["X-Forwarded-For"] = request.remote or ""
-        headers["X-Forwarded-Proto"] = "https"
+        headers["X-Forwarded-Proto"] = self.scheme
         headers["X-Forwarded-Host"] = host
         headers["x-request-id"] = ex.request_id
-        query = request.rel_url.raw_query_string
-        url = f"{route.scheme}://{route.netloc}{_rewrite_path(route, request.rel_url.raw_path)}"
+        upstream_span = os.urandom(8)
+        headers["traceparent"] = ex.trace.traceparent(upstream_span)
+        query = outgoing.query
+        url = f"{route.scheme}://{route.netloc}{_rewrite_path(route, outgoing.path)}"
         if query:
             url += "?" + query
         timeouts = http.timeouts
@@ -365,7 +526,7 @@ class Gateway:
         upstream_started = time.perf_counter()
         try:
             async with self._client.request(
-                request.method,
+                outgoing.method,
                 URL(url, encoded=True),
                 headers=headers,
                 data=body or None,
@@ -374,7 +535,9 @@ class Gateway:
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             ) as upstream:
                 ex.entry["upstreamStatus"] = upstream.status
-                return await self._relay(request, upstream, route, ex, origin, upstream_started)
+                if plugins is not None and buffered:
+                    return await self._buffer(upstream, route, ex, origin, upstream_started, *plugins)
+                return await self._relay(request, upstream, route, ex, origin, upstream_started, plugins)
         except _StreamBroken:
             raise
         except TimeoutError:
@@ -397,6 +560,67 @@ class Gateway:
             )
         finally:
             ex.entry["upstreamMs"] = round((time.perf_counter() - upstream_started) * 1000, 3)
+            ex.span(
+                f"upstream {route.name}",
+                upstream_started,
+                {
+                    "server.address": route.netloc,
+                    "http.request.method": outgoing.method,
+                    "http.response.status_code": ex.entry.get("upstreamStatus"),
+                    "wardgate.config": route.name,
+                },
+                SpanKind.CLIENT,
+                upstream_span,
+            )
+
+    async def _buffer(
+        self,
+        upstream: aiohttp.ClientResponse,
+        route: Route,
+        ex: Exchange,
+        origin: str | None,
+        upstream_started: float,
+        flow: HttpFlow,
+        run: ChainRun,
+    ) -> web.StreamResponse:
+        """Read the whole upstream response, let the plugins see and change it, then send it."""
+        data = bytearray()
+        try:
+            async for chunk in upstream.content.iter_any():
+                if not data:
+                    ex.entry["upstreamFirstByteMs"] = round((time.perf_counter() - upstream_started) * 1000, 3)
+                data += chunk
+                if len(data) > MAX_BUFFERED_RESPONSE:
+                    return self._deny(
+                        ex,
+                        502,
+                        f"upstream response over {MAX_BUFFERED_RESPONSE} bytes, too large for response plugins",
+                        "The upstream response is too large.",
+                        "server_error",
+                        "upstream_response_too_large",
+                    )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._deny(
+                ex,
+                502,
+                f"upstream failed mid-body: {type(exc).__name__}",
+                "The upstream failed.",
+                "server_error",
+                "upstream_unreachable",
+            )
+        tap = ResponseTap(upstream.headers.get("Content-Type", ""))
+        tap.feed(bytes(data))
+        ex.entry.update(usage=tap.usage(), finishReasons=tap.finish_reasons())
+        headers = client_response_headers(upstream.headers, route.remove_response_headers)
+        for name, value in route.add_response_headers:
+            headers[name] = value
+        flow.response = FlowResponse(upstream.status, headers, bytes(data))
+        try:
+            await run.response_headers(flow)
+            await run.response(flow)
+        except PluginError as exc:
+            return self._plugin_failed(ex, exc)
+        return self._complete(flow.response, route, ex, origin, None)
 
     async def _relay(
         self,
@@ -406,11 +630,22 @@ class Gateway:
         ex: Exchange,
         origin: str | None,
         upstream_started: float,
+        plugins: tuple[HttpFlow, ChainRun] | None,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(client_response_headers(upstream.headers, route.remove_response_headers))
+        headers = client_response_headers(upstream.headers, route.remove_response_headers)
         for name, value in route.add_response_headers:
-            response.headers[name] = value
+            headers[name] = value
+        status = upstream.status
+        if plugins is not None:
+            flow, run = plugins
+            flow.response = FlowResponse(status, headers, None)
+            try:
+                await run.response_headers(flow)
+            except PluginError as exc:
+                return self._plugin_failed(ex, exc)
+            status, headers = flow.response.status, flow.response.headers
+        response = web.StreamResponse(status=status, reason=upstream.reason if status == upstream.status else None)
+        response.headers.extend(headers)
         response.headers["x-request-id"] = ex.request_id
         cors = route.config.http.cors
         if cors is not None and origin:
@@ -433,8 +668,35 @@ class Gateway:
                 request.transport.abort()
             raise _StreamBroken from exc
         await response.write_eof()
-        ex.entry.update(bytesOut=sent, usage=tap.usage())
+        ex.entry.update(bytesOut=sent, usage=tap.usage(), finishReasons=tap.finish_reasons())
         return response
+
+
+def _server_attributes(entry: dict[str, Any]) -> dict[str, Any]:
+    """OpenTelemetry attributes of the server span: HTTP, identity, decision, and GenAI conventions."""
+    decision = entry.get("decision") or {}
+    usage = entry.get("usage") or {}
+    return {
+        "http.request.method": entry.get("method"),
+        "url.path": entry.get("path"),
+        "server.address": entry.get("host"),
+        "http.response.status_code": entry.get("status"),
+        "client.address": entry.get("remote"),
+        "wardgate.request_id": entry.get("requestId"),
+        "wardgate.listener": entry.get("listener"),
+        "wardgate.service": entry.get("service"),
+        "wardgate.config": entry.get("config"),
+        "wardgate.user": entry.get("user"),
+        "wardgate.session": entry.get("session"),
+        "wardgate.session_type": entry.get("sessionType"),
+        "wardgate.decision.effect": decision.get("effect"),
+        "wardgate.decision.reason": decision.get("reason"),
+        "wardgate.decision.policy": decision.get("policy"),
+        "gen_ai.request.model": entry.get("model"),
+        "gen_ai.usage.input_tokens": usage.get("prompt_tokens"),
+        "gen_ai.usage.output_tokens": usage.get("completion_tokens"),
+        "gen_ai.response.finish_reasons": entry.get("finishReasons"),
+    }
 
 
 def _decision_entry(decision: Decision) -> dict[str, Any]:

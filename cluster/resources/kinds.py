@@ -6,16 +6,19 @@ from typing import Any
 
 from cluster.resources.credential import Credential, Secret
 from cluster.resources.identity_provider import IdentityProvider
+from cluster.resources.node import AddressLease, Node
 from cluster.resources.policy import Policy
 from cluster.resources.service import Service
 from cluster.resources.session import Session
 from cluster.resources.user import Group, User
 
-AnyResource = Service | Policy | User | Group | Credential | Secret | Session | IdentityProvider
+AnyResource = (
+    Service | Policy | User | Group | Credential | Secret | Session | IdentityProvider | Node | AddressLease
+)
 
 KINDS: dict[str, type[AnyResource]] = {
     cls.kind_name: cls
-    for cls in (Service, Policy, User, Group, Credential, Secret, Session, IdentityProvider)
+    for cls in (Service, Policy, User, Group, Credential, Secret, Session, IdentityProvider, Node, AddressLease)
 }
 
 APPLYABLE_KINDS = frozenset({"Service", "Policy", "User", "Group", "Secret", "IdentityProvider"})

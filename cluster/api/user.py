@@ -1,0 +1,300 @@
+"""The `wardgate` client's endpoints on `https://<domain>/v1/client/...` (registered on the apex handler).
+
+    login    AUTH_TOKEN credential ─▶ CLIENT Session (store, then the cache has it) ─▶ access + refresh tokens
+    refresh  refresh token ─▶ the Session still stands ─▶ a new access token
+    connect  Bearer ─▶ AddressAllocator.bind(session, WireGuard key) ─▶ addresses, network, nodes
+             (the node agents see the Session change on their watch stream and add the peer)
+    disconnect (key cleared: the peer goes; the addresses stay with the Session) · logout (Session deleted)
+    session, services: what `wardgate status` shows
+
+Refresh tokens are JWTs of a second TokenService whose issuer and audience differ from the access tokens',
+so neither is accepted as the other; revoking the Session ends both. Every call writes one access-log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from cluster.api.errors import error_response, to_response
+from cluster.errors import Invalid, NotFound, Unauthenticated, Unavailable, WardgateError
+from cluster.identity import credentials
+from cluster.identity.addresses import AddressAllocator, TunnelSettings, session_is_live
+from cluster.identity.authenticate import Authenticator, Identity
+from cluster.identity.sessions import new_session
+from cluster.identity.tokens import TokenService
+from cluster.observability.accesslog import AccessLog
+from cluster.resources.credential import Credential, CredentialType
+from cluster.resources.node import Node
+from cluster.resources.service import Service
+from cluster.resources.session import Session, SessionType
+from cluster.resources.user import User
+from cluster.resources.wire import (
+    ConnectRequest,
+    ConnectResponse,
+    LoginRequest,
+    NodePeer,
+    RefreshRequest,
+    ServiceEntry,
+    ServiceList,
+    SessionInfo,
+    TokenGrant,
+)
+from cluster.store import Create, Delete, Op, Store
+from cluster.store.cache import ResourceCache
+
+ApexRoute = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Step = Callable[[web.BaseRequest, dict[str, Any]], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+PREFIX = "/v1/client"
+MAX_BODY = 64 * 1024
+
+
+def _json(body: BaseModel) -> web.Response:
+    return web.Response(
+        body=body.model_dump_json().encode(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+class ClientAccess:
+    """Handlers for the user's client (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        domain: str,
+        store: Store,
+        cache: ResourceCache,
+        authenticator: Authenticator,
+        tokens: TokenService,
+        refresh_tokens: TokenService,
+        allocator: AddressAllocator,
+        settings: TunnelSettings,
+        access_log: AccessLog,
+        node: str,
+    ) -> None:
+        self._domain = domain
+        self._store = store
+        self._cache = cache
+        self._auth = authenticator
+        self._tokens = tokens
+        self._refresh = refresh_tokens
+        self._allocator = allocator
+        self._settings = settings
+        self._log = access_log
+        self._node = node
+
+    def register(self, routes: MutableMapping[tuple[str, str], ApexRoute]) -> None:
+        steps: dict[tuple[str, str], tuple[str, Step]] = {
+            ("POST", "login"): ("client-login", self._login),
+            ("POST", "refresh"): ("client-refresh", self._refresh_token),
+            ("POST", "connect"): ("client-connect", self._connect),
+            ("POST", "disconnect"): ("client-disconnect", self._disconnect),
+            ("POST", "logout"): ("client-logout", self._logout),
+            ("GET", "session"): ("client-session", self._session),
+            ("GET", "services"): ("client-services", self._services),
+        }
+        for (method, name), (event, step) in steps.items():
+            routes[(method, f"{PREFIX}/{name}")] = self._logged(event, step)
+
+    def _logged(self, event: str, step: Step) -> ApexRoute:
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            entry: dict[str, Any] = {
+                "time": datetime.now(UTC).isoformat(),
+                "node": self._node,
+                "listener": "public",
+                "event": event,
+                "method": request.method,
+                "host": self._domain,
+                "path": request.path,
+                "remote": request.remote,
+            }
+            started = time.perf_counter()
+            status = 500
+            try:
+                response = await step(request, entry)
+                status = response.status
+                return response
+            except WardgateError as exc:
+                entry["reason"] = str(exc)
+                failed = to_response(exc)
+                status = failed.status
+                return failed
+            finally:
+                entry.update(status=status, durationMs=round((time.perf_counter() - started) * 1000, 3))
+                self._log.write(entry)
+
+        return handle
+
+    async def _body(self, request: web.BaseRequest, model: type[M]) -> M:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise Invalid("the request body is too large")
+        raw = await request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise Invalid("the request body is too large")
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_url=False)
+            ]
+            raise Invalid("invalid request body: " + "; ".join(problems), problems) from None
+
+    def _caller(self, request: web.BaseRequest, entry: dict[str, Any]) -> Session:
+        """The caller's CLIENT Session, from its Bearer access token."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("expected `Authorization: Bearer <access token>` (run `wardgate login`)")
+        identity: Identity = self._auth.from_token(token.strip())
+        entry["user"] = identity.user.metadata.name
+        if identity.session is None or identity.session.spec.type is not SessionType.CLIENT:
+            raise Unauthenticated("this call needs the access token of a CLIENT session (from `wardgate login`)")
+        entry["session"] = identity.session.metadata.name
+        return identity.session
+
+    def _grant(self, session: Session, with_refresh: bool) -> TokenGrant:
+        remaining = (session.spec.expires_at - datetime.now(UTC)).total_seconds()
+        if remaining <= 0:
+            raise Unauthenticated(f"session {session.metadata.name!r} expired")
+        ttl = max(1.0, min(self._settings.access_token_ttl, remaining))
+        access, access_expires = self._tokens.issue(session.metadata.name, session.spec.user, ttl)
+        refresh = None
+        if with_refresh:
+            refresh, _ = self._refresh.issue(session.metadata.name, session.spec.user, max(1.0, remaining))
+        return TokenGrant(
+            session=session.metadata.name,
+            user=session.spec.user,
+            session_expires_at=session.spec.expires_at,
+            access_token=access,
+            access_token_expires_at=datetime.fromtimestamp(access_expires, UTC),
+            refresh_token=refresh,
+        )
+
+    async def _login(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+        body = await self._body(request, LoginRequest)
+        name = credentials.credential_name(body.auth_token)
+        entry["credential"] = name
+        found = self._cache.get("Credential", name) if name else None
+        credential = found if isinstance(found, Credential) else None
+        problem = credentials.verify(credential, body.auth_token)
+        if problem is None and credential is not None and credential.spec.type is not CredentialType.AUTH_TOKEN:
+            problem = f"credential type {credential.spec.type.value} is not AUTH_TOKEN"
+        user = self._cache.get("User", credential.spec.user) if credential is not None else None
+        if problem is None and (not isinstance(user, User) or user.spec.is_disabled):
+            problem = "user missing or disabled"
+        if problem is not None or credential is None:
+            entry["reason"] = problem
+            return error_response(
+                401, "unauthenticated", "the auth token is not valid (ask your administrator for a new one)"
+            )
+        entry["user"] = credential.spec.user
+        existing = [s for s in self._cache.list_kind("Session") if isinstance(s, Session)]
+        session, evict = new_session(
+            credential, SessionType.CLIENT, existing, ttl=timedelta(seconds=self._settings.session_ttl)
+        )
+        ops: list[Op] = [Create(session), *(Delete("Session", s.metadata.name) for s in evict)]
+        (stored, *_) = await self._store.commit(ops)
+        assert isinstance(stored, Session)
+        await asyncio.wait_for(self._cache.wait_for(int(stored.metadata.resource_version or 0)), 5)
+        entry["session"] = stored.metadata.name
+        return _json(self._grant(stored, with_refresh=True))
+
+    async def _refresh_token(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+        body = await self._body(request, RefreshRequest)
+        claims = self._refresh.verify(body.refresh_token)
+        entry.update(user=claims.user, session=claims.session)
+        # The refresh token names a Session; the Authenticator's checks (revoked, expired, user, credential)
+        # are the same for it as for an access token, so run them through a fresh access token.
+        session = self._cache.get("Session", claims.session)
+        if not isinstance(session, Session) or not session_is_live(session):
+            raise Unauthenticated(f"session {claims.session!r} was revoked or has ended")
+        grant = self._grant(session, with_refresh=False)
+        self._auth.from_token(grant.access_token)
+        return _json(grant)
+
+    async def _connect(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+        session = self._caller(request, entry)
+        body = await self._body(request, ConnectRequest)
+        nodes = self._nodes()
+        if not nodes:
+            raise Unavailable("no node agent has registered with the cluster yet: start `wardgate-agent` on the node")
+        bound = await self._allocator.bind(session.metadata.name, body.wg_public_key)
+        assert bound.spec.tunnel_ipv4 is not None and bound.spec.tunnel_ipv6 is not None
+        entry["tunnelIpv4"] = bound.spec.tunnel_ipv4
+        return _json(
+            ConnectResponse(
+                session=bound.metadata.name,
+                user=bound.spec.user,
+                expires_at=bound.spec.expires_at,
+                tunnel_ipv4=bound.spec.tunnel_ipv4,
+                tunnel_ipv6=bound.spec.tunnel_ipv6,
+                network=self._settings.network(self._domain),
+                nodes=nodes,
+            )
+        )
+
+    def _nodes(self) -> list[NodePeer]:
+        nodes = [n for n in self._cache.list_kind("Node") if isinstance(n, Node)]
+        nodes.sort(key=lambda n: n.metadata.name != self._node)  # this node first, then by name
+        return [
+            NodePeer(
+                name=n.metadata.name,
+                wg_public_key=n.spec.wg_public_key,
+                listen_port=n.spec.listen_port,
+                endpoint=n.spec.endpoint,
+            )
+            for n in nodes
+        ]
+
+    async def _disconnect(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+        session = self._caller(request, entry)
+        await self._allocator.bind(session.metadata.name, None)
+        return web.json_response({"session": session.metadata.name, "connected": False})
+
+    async def _logout(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+        session = self._caller(request, entry)
+        with contextlib.suppress(NotFound):
+            await self._store.commit([Delete("Session", session.metadata.name)])
+        revision = await self._store.revision()
+        await asyncio.wait_for(self._cache.wait_for(revision), 5)
+        return web.json_response({"session": session.metadata.name, "deleted": True})
+
+    async def _session(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+        session = self._caller(request, entry)
+        spec = session.spec
+        return _json(
+            SessionInfo(
+                session=session.metadata.name,
+                user=spec.user,
+                type=spec.type.value,
+                expires_at=spec.expires_at,
+                tunnel_ipv4=spec.tunnel_ipv4,
+                tunnel_ipv6=spec.tunnel_ipv6,
+                wg_public_key=spec.wg_public_key,
+            )
+        )
+
+    async def _services(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+        self._caller(request, entry)
+        network = self._settings.network(self._domain)
+        port = "" if network.http_port == 80 else f":{network.http_port}"
+        services = [
+            ServiceEntry(
+                name=s.metadata.name,
+                url=f"http://{s.metadata.name}.{network.dns_zone}{port}",
+                is_public=s.spec.is_public,
+            )
+            for s in self._cache.list_kind("Service")
+            if isinstance(s, Service)
+        ]
+        return _json(ServiceList(services=services))

@@ -1,0 +1,1 @@
+"""Built-in plugins: headers, direct responses, Lua scripts and Envoy ExtProc."""
