@@ -25,6 +25,10 @@ apt-packages:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@# xds-protos ships an old copy of opentelemetry/proto/ that can overwrite opentelemetry-proto's
+	@# (install order decides): put opentelemetry-proto's files back on top.
+	$(BIN)/pip install -q --disable-pip-version-check --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@touch $(STAMP)
 
 lint: install

@@ -38,6 +38,8 @@ class AgentConfig(BaseModel):
     """Holds the node's WireGuard private key (0600), so clients keep working across restarts."""
     resync_interval: float = Field(default=2.0, gt=0, le=300)
     """How often the device is read back and repaired even when nothing changed (peers, a lost interface)."""
+    report_interval: float = Field(default=5.0, gt=0, le=300)
+    """How often the device's peers (handshakes, bytes) are reported to the cluster for its /metrics."""
     cluster: ClusterConnection
     dns: DnsSettings = Field(default_factory=DnsSettings)
 

@@ -20,7 +20,7 @@ from typing import Self
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from cluster.resources.wire import NodeRegistration, PeerSet, TunnelNetwork, WatchEvent
+from cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, TunnelNetwork, WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,16 @@ class ControlClient:
             raise ControlError(f"cannot reach the cluster at {self._url}: {exc or type(exc).__name__}") from None
         except ValidationError as exc:
             raise ControlError(f"the cluster's registration answer is malformed: {exc}") from None
+
+    async def report(self, status: NodeStatus) -> None:
+        """Send the device's peer status (best effort: failures are the caller's to log)."""
+        url = f"{self._url}/agent/v1/nodes/{self._node}/status"
+        body = status.model_dump_json().encode()
+        try:
+            async with self._http.put(url, data=body, headers={"Content-Type": "application/json"}) as response:
+                _check(response.status, await response.text(), "status report")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ControlError(f"cannot reach the cluster at {self._url}: {exc or type(exc).__name__}") from None
 
     async def watch(self) -> AsyncIterator[PeerSet]:
         """One watch stream: PeerSets until it ends or goes silent (ControlError)."""

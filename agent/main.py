@@ -33,7 +33,7 @@ from agent.reconcile import Desired, desired_peers, next_expiry, plan
 from agent.wg import Device, DeviceConfig, PrivateKey, WireGuardError
 from agent.wg.backend import open_device
 from agent.wg.netlink import Links
-from cluster.resources.wire import NodeRegistration, PeerSet, TunnelNetwork
+from cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, PeerStatus, TunnelNetwork
 
 log = logging.getLogger("wardgate.agent")
 
@@ -145,6 +145,27 @@ class Agent:
             session = self._sessions.get(str(peer.public_key), "-")
             log.info("peer %s %s (session %s)", peer.public_key, "removed" if peer.remove else "set", session)
 
+    async def report(self) -> None:
+        """Every `report_interval`, tell the cluster what the device sees (its /metrics shows it)."""
+        await self._ready.wait()
+        while True:
+            try:
+                observed = await self.applier.state()
+                peers = [
+                    PeerStatus(
+                        public_key=peer.public_key.to_base64(),
+                        session=self._sessions.get(str(peer.public_key)),
+                        last_handshake=peer.last_handshake,
+                        rx_bytes=peer.rx_bytes,
+                        tx_bytes=peer.tx_bytes,
+                    )
+                    for peer in observed.peers
+                ]
+                await self._control.report(NodeStatus(peers=peers))
+            except (WireGuardError, OSError, ControlError) as exc:
+                log.warning("peer status report failed: %s", exc)
+            await asyncio.sleep(self._config.report_interval)
+
     async def teardown(self) -> None:
         """Fail closed on a clean stop: the interface goes, and with it every peer."""
         await self.applier.close()
@@ -169,6 +190,7 @@ async def serve(config: AgentConfig) -> None:
                     tasks.create_task(agent.applier.run()),
                     tasks.create_task(agent.follow()),
                     tasks.create_task(agent.reconcile()),
+                    tasks.create_task(agent.report()),
                 ]
                 if config.dns.enabled:
                     running.append(tasks.create_task(dns.run()))

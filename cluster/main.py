@@ -21,6 +21,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -132,6 +133,22 @@ def _tunnel_listener(
     return TunnelListener(gateway.handle, settings.interface, addresses, settings.http_port)
 
 
+def _wireguard_metrics(agents: AgentApi) -> dict[str, list[tuple[str, float | None, int, int]]]:
+    now = datetime.now(UTC)
+    return {
+        node: [
+            (
+                peer.session or peer.public_key,
+                (now - peer.last_handshake).total_seconds() if peer.last_handshake else None,
+                peer.rx_bytes,
+                peer.tx_bytes,
+            )
+            for peer in status.peers
+        ]
+        for node, status in agents.wireguard_status().items()
+    }
+
+
 def _host_port(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -146,7 +163,11 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
     cache = ResourceCache(store)
     await cache.load()
     access_log = AccessLog(home.path(settings.log.access_log), stdout=settings.log.stdout)
-    metrics = Metrics(sessions=lambda: _session_counts(cache))
+    wireguard_peers: list[AgentApi] = []
+    metrics = Metrics(
+        sessions=lambda: _session_counts(cache),
+        wireguard=lambda: _wireguard_metrics(wireguard_peers[0]) if wireguard_peers else {},
+    )
     exporter = Exporter(settings.telemetry, node, on_drop=metrics.drop)
     exporter.start()
     tokens = TokenService(SigningKey.from_file(home.signing_key), base_url(settings))
@@ -159,7 +180,9 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
     admin_app = make_admin_app(
         store, cache, authenticator, authority, authority, access_log, check_expression, node, metrics
     )
-    AgentApi(cache, settings.tunnel, settings.domain).install(admin_app)
+    agents = AgentApi(cache, settings.tunnel, settings.domain)
+    agents.install(admin_app)
+    wireguard_peers.append(agents)
     admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
     await admin_runner.setup()
     admin_site = web.TCPSite(admin_runner, *_host_port(settings.admin.listen), ssl_context=tls)

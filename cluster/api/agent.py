@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -26,7 +27,7 @@ from cluster.identity.addresses import TunnelSettings, connected_sessions
 from cluster.resources.meta import NAME_PATTERN
 from cluster.resources.node import Node
 from cluster.resources.service import Service
-from cluster.resources.wire import NodeRegistration, PeerEntry, PeerSet, WatchEvent
+from cluster.resources.wire import NodeRegistration, NodeStatus, PeerEntry, PeerSet, WatchEvent
 from cluster.store import Create, Event, Update
 from cluster.store.cache import ResourceCache
 
@@ -45,11 +46,13 @@ class AgentApi:
         self._heartbeat = heartbeat
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._status: dict[str, tuple[float, NodeStatus]] = {}
         cache.add_listener(self._on_change)
 
     def install(self, app: web.Application) -> None:
         app.router.add_put("/agent/v1/nodes/{name}", self.register)
         app.router.add_get("/agent/v1/watch", self.watch)
+        app.router.add_put("/agent/v1/nodes/{name}/status", self.report)
         app.on_shutdown.append(self._shutdown)
 
     async def _shutdown(self, app: web.Application) -> None:
@@ -106,6 +109,23 @@ class AgentApi:
         await asyncio.wait_for(request.app[CACHE].wait_for(revision), 5)
         log.info("node %s registered (WireGuard key %s, port %d)", name, body.wg_public_key, body.listen_port)
         return web.json_response(self._settings.network(self._domain).model_dump(mode="json"))
+
+    async def report(self, request: web.Request) -> web.Response:
+        """PUT /agent/v1/nodes/{name}/status: the node's WireGuard peers, kept in memory for /metrics."""
+        name = request.match_info["name"]
+        if not NAME_PATTERN.fullmatch(name):
+            raise Invalid(f"node name {name!r} is not a DNS label")
+        try:
+            status = NodeStatus.model_validate_json(await request.read())
+        except ValidationError as exc:
+            raise Invalid(f"invalid node status: {exc.errors(include_url=False)}") from None
+        self._status[name] = (time.time(), status)
+        return web.json_response({"peers": len(status.peers)})
+
+    def wireguard_status(self, stale_after: float = 60.0) -> dict[str, NodeStatus]:
+        """The latest report of every node heard from within `stale_after` seconds."""
+        now = time.time()
+        return {node: status for node, (at, status) in self._status.items() if now - at <= stale_after}
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})

@@ -16,21 +16,48 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+WireGuardPeers = Callable[[], Mapping[str, Iterable[tuple[str, float | None, int, int]]]]
+"""node -> (session or public key, seconds since the last handshake or None, rx bytes, tx bytes) per peer."""
+
+
 class _StateCollector(Collector):
-    def __init__(self, sessions: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, sessions: Callable[[], Mapping[str, int]], wireguard: WireGuardPeers) -> None:
         self._sessions = sessions
+        self._wireguard = wireguard
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("wardgate_active_sessions", "Live sessions by type", labels=["type"])
         for kind, count in sorted(self._sessions().items()):
             family.add_metric([kind], count)
         yield family
+        peers = GaugeMetricFamily("wardgate_wireguard_peers", "Peers on each node's WireGuard device", labels=["node"])
+        age = GaugeMetricFamily(
+            "wardgate_wireguard_handshake_age_seconds",
+            "Seconds since each peer's last handshake",
+            labels=["node", "peer"],
+        )
+        traffic = GaugeMetricFamily(
+            "wardgate_wireguard_bytes",
+            "Bytes through each peer (device counters)",
+            labels=["node", "peer", "direction"],
+        )
+        for node, entries in sorted(self._wireguard().items()):
+            listed = list(entries)
+            peers.add_metric([node], len(listed))
+            for peer, seconds, rx, tx in listed:
+                if seconds is not None:
+                    age.add_metric([node, peer], seconds)
+                traffic.add_metric([node, peer, "rx"], rx)
+                traffic.add_metric([node, peer, "tx"], tx)
+        yield peers
+        yield age
+        yield traffic
 
 
 class Metrics:
     """The gateway's metrics, in their own registry (tests and several clusters in one process stay apart)."""
 
-    def __init__(self, sessions: Callable[[], Mapping[str, int]] = dict) -> None:
+    def __init__(self, sessions: Callable[[], Mapping[str, int]] = dict, wireguard: WireGuardPeers = dict) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "wardgate_requests",
@@ -70,7 +97,7 @@ class Metrics:
             ["signal"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(sessions))
+        self.registry.register(_StateCollector(sessions, wireguard))
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:

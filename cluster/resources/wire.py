@@ -152,3 +152,19 @@ class WatchEvent(Wire):
 
     type: Literal["SNAPSHOT", "HEARTBEAT"]
     peer_set: PeerSet | None = None
+
+
+class PeerStatus(Wire):
+    """One WireGuard peer as the node's device reports it."""
+
+    public_key: WgKey
+    session: str | None = None
+    last_handshake: datetime | None = None
+    rx_bytes: int = Field(default=0, ge=0)
+    tx_bytes: int = Field(default=0, ge=0)
+
+
+class NodeStatus(Wire):
+    """What an agent reports every few seconds: its device's peers (for metrics and `get nodes`)."""
+
+    peers: list[PeerStatus] = Field(default_factory=list, max_length=100_000)

@@ -7,6 +7,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +17,7 @@ import yaml
 from agent.wg import PrivateKey
 from client.api import ClientError
 from client.user_api import SessionEnded, UserApi
-from cluster.resources.wire import NodeRegistration, PeerSet, TunnelNetwork, WatchEvent
+from cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, PeerStatus, TunnelNetwork, WatchEvent
 from tests.conftest import RunningCluster, start_cluster, stop_cluster
 from tests.integration.gateway_env import create_credential
 
@@ -167,3 +168,28 @@ async def test_unreachable_cluster_says_what_to_check(tmp_path: Path) -> None:
     async with UserApi("wardgate.test", "127.0.0.1:9") as client:
         with pytest.raises(ClientError, match=r"cannot reach the cluster at https://wardgate.test:9 \(via 127.0.0.1\)"):
             await client.login("wgt.x.y")
+
+
+async def test_agent_peer_reports_show_in_metrics(cluster: RunningCluster) -> None:
+    context = ssl.create_default_context(cafile=str(cluster.home / "ca.crt"))
+    peer = PrivateKey.generate().public_key().to_base64()
+    handshake = datetime.now(UTC) - timedelta(seconds=42)
+    report = NodeStatus(
+        peers=[PeerStatus(public_key=peer, session="alice-abc", last_handshake=handshake, rx_bytes=1234, tx_bytes=99)]
+    )
+    headers = {"Authorization": f"Bearer {cluster.token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+        async with http.put(
+            f"{cluster.url}/agent/v1/nodes/node-1/status", data=report.model_dump_json(), headers=headers
+        ) as response:
+            assert response.status == 200, await response.text()
+        async with http.put(
+            f"{cluster.url}/agent/v1/nodes/node-1/status", data=b"{not json", headers=headers
+        ) as response:
+            assert response.status == 422
+        async with http.get(f"{cluster.url}/metrics") as response:
+            text = await response.text()
+    assert 'wardgate_wireguard_peers{node="node-1"} 1.0' in text
+    age_line = next(line for line in text.splitlines() if line.startswith("wardgate_wireguard_handshake_age_seconds{"))
+    assert 'peer="alice-abc"' in age_line and 42 <= float(age_line.split()[-1]) < 60
+    assert 'wardgate_wireguard_bytes{direction="rx",node="node-1",peer="alice-abc"} 1234.0' in text

@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -202,6 +203,14 @@ class Node:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in sorted(self.logs.glob("*.log")))
 
 
+def _metrics(node: Node) -> str:
+    script = (
+        "import ssl, sys, urllib.request; ctx = ssl.create_default_context(cafile=sys.argv[1]); "
+        "print(urllib.request.urlopen('https://127.0.0.1:9443/metrics', context=ctx, timeout=5).read().decode())"
+    )
+    return checked(run("ip", "netns", "exec", node.netns, sys.executable, "-c", script, str(node.home / "ca.crt")))
+
+
 async def wait_for(condition: Any, within: float, what: str, step: float = 0.005) -> float:
     """Poll `condition` (sync or async) until true; returns the seconds it took."""
     started = time.perf_counter()
@@ -330,7 +339,7 @@ async def setup(lab: Lab, tmp_path: Path) -> AsyncIterator[Setup]:
         (tmp_path / "agent.token").write_text(tokens["agent"] + "\n")
         node.agent_config.write_text(
             f'node = "node-1"\ninterface = "{node.interface}"\nlisten_port = 51820\nstate_dir = "agent-state"\n'
-            "resync_interval = 1.0\n\n[cluster]\n"
+            "resync_interval = 1.0\nreport_interval = 0.5\n\n[cluster]\n"
             f'url = "https://127.0.0.1:9443"\nca_file = "{node.home / "ca.crt"}"\ntoken_file = "agent.token"\n'
         )
         node.start_agent()
@@ -448,6 +457,10 @@ async def test_private_service_over_wireguard(setup: Setup) -> None:
     assert status.returncode == 0, status.stderr
     assert "connected since" in status.stdout and "last handshake" in status.stdout
     assert f"http://llm.{ZONE}" in status.stdout
+
+    # The agent reports its device's peers; the cluster's /metrics shows them.
+    await wait_for(lambda: 'wardgate_wireguard_peers{node="node-1"} 2.0' in _metrics(node), 10, "peer metrics", 0.2)
+    assert "wardgate_wireguard_handshake_age_seconds{" in _metrics(node)
 
     await _spoofing_is_not_identity(setup)
 
