@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ def _snapshot(flow: HttpFlow) -> tuple[Request, Response | None]:
 class ChainRun:
     """One request's pass through a chain: which plugins applied and ran, who answered, fail-open notes."""
 
-    __slots__ = ("_entries", "_inp", "_may_buffer", "_ran", "answered_by", "notes")
+    __slots__ = ("_entries", "_inp", "_may_buffer", "_ran", "answered_by", "notes", "timings")
 
     def __init__(self, entries: tuple[Entry, ...], inp: EvalInput, may_buffer: bool) -> None:
         self._entries = entries
@@ -90,6 +91,8 @@ class ChainRun:
         self._ran: list[Entry] = []
         self.answered_by: str | None = None
         self.notes: list[str] = []
+        self.timings: list[tuple[str, str, float, float, str | None]] = []
+        """(plugin, hook, started, ended (perf_counter), error or None) per hook call, for tracing."""
 
     def _applies(self, entry: Entry) -> bool:
         if entry.condition is None:
@@ -111,16 +114,20 @@ class ChainRun:
         if method is None:
             return
         saved = _snapshot(hook.flow) if entry.fail_open else None
+        started = time.perf_counter()
+        error: str | None = None
         try:
             result = method(hook.flow)
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            detail = str(exc) or type(exc).__name__
+            error = detail = str(exc) or type(exc).__name__
             if saved is None:
                 raise PluginError(entry.name, hook.name, detail) from exc
             hook.flow.request, hook.flow.response = saved
             self._note(entry, hook.name, detail)
+        finally:
+            self.timings.append((entry.name, hook.name, started, time.perf_counter(), error))
 
     async def request(self, flow: HttpFlow) -> None:
         """Run the request phase; raises PluginError. Stops at the first plugin that answers."""

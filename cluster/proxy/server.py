@@ -72,6 +72,7 @@ class Exchange:
     started_ns: int
     entry: dict[str, Any] = field(default_factory=dict)
     spans: list[SpanRecord] = field(default_factory=list)
+    chain: ChainRun | None = None
 
     def span(
         self,
@@ -226,7 +227,7 @@ class Gateway:
                     _server_attributes(entry),
                     error=f"HTTP {status}" if status >= 500 else None,
                 )
-                telemetry.exporter.record(ex.trace, [server, *ex.spans], entry)
+                telemetry.exporter.record(ex.trace, [server, *ex.spans, *_plugin_spans(ex)], entry)
 
     def _deny(self, ex: Exchange, status: int, reason: str, message: str, kind: str, code: str) -> web.Response:
         ex.entry["reason"] = reason
@@ -401,24 +402,16 @@ class Gateway:
         inp: EvalInput,
     ) -> web.StreamResponse:
         flow = HttpFlow(ex.entry.get("service", ""), ex.request_id, outgoing, inp.ctx)
-        run = route.plugins.begin(inp)
+        run = ex.chain = route.plugins.begin(inp)
         ex.entry["plugins"] = list(route.plugins.names)
         original = outgoing.body
-        plugins_started = time.perf_counter()
         try:
             await run.request(flow)
         except PluginError as exc:
-            names = {"wardgate.plugins": list(route.plugins.names)}
-            ex.span("plugins.request", plugins_started, names).error = str(exc)
             return self._plugin_failed(ex, exc)
         finally:
             if run.notes:
                 ex.entry.setdefault("notes", []).extend(run.notes)
-        ex.span(
-            "plugins.request",
-            plugins_started,
-            {"wardgate.plugins": list(route.plugins.names), "wardgate.plugins.answered_by": run.answered_by},
-        )
         if flow.request.body is not original and flow.request.body != original:
             changed = request_model(parse_body_map(flow.request.body, flow.request.headers.get("Content-Type", "")))
             if changed != ex.entry.get("model"):
@@ -670,6 +663,27 @@ class Gateway:
         await response.write_eof()
         ex.entry.update(bytesOut=sent, usage=tap.usage(), finishReasons=tap.finish_reasons())
         return response
+
+
+def _plugin_spans(ex: Exchange) -> list[SpanRecord]:
+    """One child span per plugin hook call, from the chain's own timings."""
+    if ex.chain is None:
+        return []
+    spans = []
+    for plugin, hook, started, ended, error in ex.chain.timings:
+        spans.append(
+            SpanRecord(
+                f"plugin {plugin} {hook}",
+                os.urandom(8),
+                ex.trace.server_span,
+                ex.started_ns + int((started - ex.started) * 1e9),
+                ex.started_ns + int((ended - ex.started) * 1e9),
+                SpanKind.INTERNAL,
+                {"wardgate.plugin": plugin, "wardgate.plugin.hook": hook},
+                error=error,
+            )
+        )
+    return spans
 
 
 def _server_attributes(entry: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,10 @@ async def _gateway(tmp_path: Path, settings: str, fake: FakeOpenAI, url: str) ->
         for d in pointed_at_fakes({"gemini": url, "openai": url, "deepseek": url})
         if d["kind"] in ("Group", "User") or d["metadata"]["name"] == "gemini"
     ]
+    gemini = next(d for d in docs if d["kind"] == "Service")
+    gemini["spec"]["config"]["http"]["plugins"] = [
+        {"name": "tag", "headers": {"setRequestHeaders": [{"name": "x-tag", "value": "1"}]}}
+    ]
     apply_docs(cluster, docs, tmp_path)
     cluster.ctl("create", "secret", "gemini-api-key", "--value", GEMINI_KEY, check=True)
     env = Gateway(cluster, {"gemini": (fake, url)})
@@ -88,7 +92,8 @@ async def test_spans_logs_and_metrics(tmp_path: Path, provider: tuple[FakeOpenAI
     assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
     assert server.trace_id.hex() != "4bf92f3577b34da6a3ce929d0e0e4736", "traceparent trusted without being enabled"
     children = {s.name: s for s in received.spans if s.parent_span_id == server.span_id}
-    assert {"authorize", "upstream default"} <= set(children)
+    assert {"authorize", "upstream default", "plugin tag request"} <= set(children)
+    assert attributes(children["plugin tag request"].attributes)["wardgate.plugin"] == "tag"
     seen = provider[0].requests[-1].headers["traceparent"]
     assert seen == f"00-{server.trace_id.hex()}-{children['upstream default'].span_id.hex()}-01"
     record = received.logs[-1]
