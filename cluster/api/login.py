@@ -37,6 +37,7 @@ import jwt
 import orjson
 from aiohttp import web
 
+from cluster.api.apex_log import logged
 from cluster.errors import NotFound, Unauthenticated
 from cluster.identity.authenticate import SESSION_COOKIE, Authenticator
 from cluster.identity.tokens import TokenService
@@ -236,29 +237,10 @@ class BrowserLogin:
         event: str,
         step: Callable[[web.BaseRequest, dict[str, Any]], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        entry: dict[str, Any] = {
-            "time": datetime.now(UTC).isoformat(),
-            "node": self._node or None,
-            "listener": "public",
-            "event": event,
-            "method": request.method,
-            "host": self._domain,
-            "path": request.path,
-            "remote": request.remote,
-        }
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await step(request, entry)
-            status = response.status
-            return response
-        except LoginRefused as exc:
-            entry["reason"] = exc.reason
-            status = exc.status
-            return exc.response()
-        finally:
-            entry.update(status=status, durationMs=round((time.perf_counter() - started) * 1000, 3))
-            self._log.write(entry)
+        def refusal(exc: Exception) -> web.StreamResponse | None:
+            return exc.response() if isinstance(exc, LoginRefused) else None
+
+        return await logged(self._log, self._node, self._domain, event, request, step, refusal)
 
     async def login(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self._logged(request, "login", self._login)

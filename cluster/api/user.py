@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from cluster.api.apex_log import logged
 from cluster.api.errors import error_response, to_response
 from cluster.errors import Invalid, NotFound, Unauthenticated, Unavailable, WardgateError
 from cluster.identity import credentials
@@ -107,31 +107,11 @@ class ClientAccess:
             routes[(method, f"{PREFIX}/{name}")] = self._logged(event, step)
 
     def _logged(self, event: str, step: Step) -> ApexRoute:
+        def refusal(exc: Exception) -> web.StreamResponse | None:
+            return to_response(exc) if isinstance(exc, WardgateError) else None
+
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
-            entry: dict[str, Any] = {
-                "time": datetime.now(UTC).isoformat(),
-                "node": self._node,
-                "listener": "public",
-                "event": event,
-                "method": request.method,
-                "host": self._domain,
-                "path": request.path,
-                "remote": request.remote,
-            }
-            started = time.perf_counter()
-            status = 500
-            try:
-                response = await step(request, entry)
-                status = response.status
-                return response
-            except WardgateError as exc:
-                entry["reason"] = str(exc)
-                failed = to_response(exc)
-                status = failed.status
-                return failed
-            finally:
-                entry.update(status=status, durationMs=round((time.perf_counter() - started) * 1000, 3))
-                self._log.write(entry)
+            return await logged(self._log, self._node, self._domain, event, request, step, refusal)
 
         return handle
 
