@@ -170,9 +170,12 @@ async def test_wg_quick_files_round_trip_through_wg_tools(lab: Lab, tmp_path) ->
     for device in (source, target):
         state = await device.state()
         assert state.private_key == config.private_key and state.listen_port == 51234
-        assert [p.public_key for p in state.peers] == [p.public_key for p in config.peers]
-        assert state.peers[0].preshared_key == config.peers[0].preshared_key
-        assert state.peers[0].endpoint == Endpoint.parse("192.0.2.7:51820")
+        # wireguard-go lists peers in map order, not in the order they were set.
+        by_key = {p.public_key: p for p in state.peers}
+        assert set(by_key) == {p.public_key for p in config.peers}
+        first = by_key[config.peers[0].public_key]
+        assert first.preshared_key == config.peers[0].preshared_key
+        assert first.endpoint == Endpoint.parse("192.0.2.7:51820")
     # `wg showconf` (what wg(8) writes) parses with our reader.
     shown = loads(_wg("showconf", source.iface))
     assert shown.private_key == config.private_key and shown.listen_port == 51234
