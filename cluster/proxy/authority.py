@@ -16,7 +16,7 @@ from cluster.errors import Forbidden, NotFound
 from cluster.identity.authenticate import Identity
 from cluster.policy import cel
 from cluster.policy.context import build_ctx, parse_body_map
-from cluster.policy.engine import ConditionError, Decision, EvalInput, RuleSet, compile_policy, evaluate
+from cluster.policy.engine import Decision, EvalInput, RuleSet, compile_policy, evaluate
 from cluster.proxy.pipeline import GatewayState
 from cluster.resources.policy import Policy
 from cluster.store.cache import ResourceCache
@@ -126,14 +126,6 @@ class Authority:
                 time=datetime.now(UTC).isoformat(),
             )
         )
-        notes: list[str] = []
-        config = "default" if pipe.default is not None else None
-        for condition, name in pipe.dynamic_rules:
-            try:
-                if condition(inp):
-                    config = name
-                    break
-            except ConditionError as exc:
-                notes.append(f"dynamic rule for {name!r} not applied: {exc}")
-        decision = evaluate(RuleSet.merge(pipe.rules, principal.rules), inp)
-        return decision, config, tuple(notes)
+        route, notes = pipe.pick_route(inp)
+        decision = evaluate(state.rules_for(pipe, principal), inp)
+        return decision, route.name if route is not None else None, tuple(notes)

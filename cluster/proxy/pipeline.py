@@ -19,7 +19,15 @@ from cluster.plugins.manager import PluginChain
 from cluster.plugins.registry import PluginBuilder
 from cluster.policy import cel
 from cluster.policy.context import resource_doc
-from cluster.policy.engine import CompiledCondition, RuleSet, compile_authorization, compile_condition, compile_policy
+from cluster.policy.engine import (
+    CompiledCondition,
+    ConditionError,
+    EvalInput,
+    RuleSet,
+    compile_authorization,
+    compile_condition,
+    compile_policy,
+)
 from cluster.resources.credential import Secret
 from cluster.resources.policy import Policy
 from cluster.resources.service import Service, ServiceConfig
@@ -27,6 +35,8 @@ from cluster.resources.user import Group, User
 from cluster.store.cache import ResourceCache
 
 log = logging.getLogger(__name__)
+
+MAX_MERGED = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +47,6 @@ class Route:
     config: ServiceConfig
     scheme: str
     netloc: str
-    host_header: str
     base_path: str
     add_request_headers: tuple[tuple[str, str], ...]
     remove_request_headers: frozenset[str]
@@ -54,7 +63,6 @@ def make_route(name: str, config: ServiceConfig, plugins: PluginChain | None = N
         config=config,
         scheme=parts.scheme,
         netloc=parts.netloc,
-        host_header=parts.netloc,
         base_path=parts.path.rstrip("/"),
         add_request_headers=tuple((h.name, h.value) for h in header.add_request_headers),
         remove_request_headers=frozenset(h.lower() for h in header.remove_request_headers),
@@ -76,6 +84,18 @@ class ServicePipeline:
     dynamic_rules: tuple[tuple[CompiledCondition, str], ...]
     rules: RuleSet
 
+    def pick_route(self, inp: EvalInput) -> tuple[Route | None, list[str]]:
+        """The config the first matching dynamic rule names, else `spec.config`; a rule whose condition
+        cannot be evaluated (e.g. a non-JSON body) is skipped, with a note for the access log."""
+        notes: list[str] = []
+        for condition, name in self.dynamic_rules:
+            try:
+                if condition(inp):
+                    return (self.routes[name] if name != "default" else self.default), notes
+            except ConditionError as exc:
+                notes.append(f"dynamic rule for {name!r} not applied: {exc}")
+        return self.default, notes
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -92,6 +112,18 @@ class GatewayState:
     principals: dict[str, Principal] = field(default_factory=dict)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    _merged: dict[tuple[str, str], RuleSet] = field(default_factory=dict)
+
+    def rules_for(self, pipe: ServicePipeline, principal: Principal) -> RuleSet:
+        """The Service's rules merged with the user's and groups', merged once per pair while this state
+        lives (a changed resource builds a new state)."""
+        key = (pipe.name, principal.user.metadata.name)
+        rules = self._merged.get(key)
+        if rules is None:
+            if len(self._merged) >= MAX_MERGED:
+                self._merged.clear()
+            rules = self._merged[key] = RuleSet.merge(pipe.rules, principal.rules)
+        return rules
 
 
 def _compile_service(

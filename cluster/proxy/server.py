@@ -37,10 +37,11 @@ from cluster.plugins.flow import Request as FlowRequest
 from cluster.plugins.flow import Response as FlowResponse
 from cluster.plugins.manager import ChainRun, PluginError
 from cluster.policy.context import build_ctx, parse_body_map
-from cluster.policy.engine import ConditionError, Decision, EvalInput, RuleSet, evaluate
+from cluster.policy.engine import Decision, EvalInput, evaluate
+from cluster.proxy.authority import session_doc
 from cluster.proxy.headers import client_response_headers, upstream_request_headers
 from cluster.proxy.llm import ResponseTap, request_model
-from cluster.proxy.pipeline import GatewayState, Route, ServicePipeline
+from cluster.proxy.pipeline import GatewayState, Route
 from cluster.proxy.upstream_auth import OAuth2TokenCache, auth_header
 from cluster.resources.common import Effect
 from cluster.resources.service import Cors
@@ -271,15 +272,6 @@ class Gateway:
                 return None
         return bytes(body)
 
-    def _pick_route(self, pipe: ServicePipeline, inp: EvalInput, ex: Exchange) -> Route | None:
-        for condition, name in pipe.dynamic_rules:
-            try:
-                if condition(inp):
-                    return pipe.routes[name] if name != "default" else pipe.default
-            except ConditionError as exc:
-                ex.entry.setdefault("notes", []).append(f"dynamic rule for {name!r} not applied: {exc}")
-        return pipe.default
-
     async def _handle(self, request: web.BaseRequest, host: str, ex: Exchange) -> web.StreamResponse:
         state = self._state()
         name = host[: -len(self._suffix)] if host.endswith(self._suffix) else ""
@@ -336,15 +328,10 @@ class Gateway:
             )
         body_map = parse_body_map(body, request.headers.get("Content-Type", ""))
         ex.entry.update(bytesIn=len(body), model=request_model(body_map))
-        session_doc: dict[str, Any] = (
-            {"metadata": {"name": identity.session.metadata.name}, "spec": {"type": identity.session.spec.type.value}}
-            if identity.session
-            else {"metadata": {"name": ""}, "spec": {"type": "CLIENTLESS"}}
-        )
         inp = EvalInput(
             build_ctx(
                 user=principal.doc,
-                session=session_doc,
+                session=session_doc(identity),
                 service=pipe.doc,
                 method=request.method,
                 path=request.path,
@@ -358,7 +345,9 @@ class Gateway:
                 time=datetime.now(UTC).isoformat(),
             )
         )
-        route = self._pick_route(pipe, inp, ex)
+        route, notes = pipe.pick_route(inp)
+        if notes:
+            ex.entry.setdefault("notes", []).extend(notes)
         if route is None:
             return self._deny(
                 ex, 404, "no config matched", "No upstream for this request.", "invalid_request_error", "no_route"
@@ -374,7 +363,7 @@ class Gateway:
                 "request_too_large",
             )
         authorize_started = time.perf_counter()
-        decision = evaluate(RuleSet.merge(pipe.rules, principal.rules), inp)
+        decision = evaluate(state.rules_for(pipe, principal), inp)
         ex.entry["decision"] = _decision_entry(decision)
         ex.span("authorize", authorize_started, {f"wardgate.decision.{k}": v for k, v in ex.entry["decision"].items()})
         if decision.effect is not Effect.ALLOW:
@@ -503,7 +492,7 @@ class Gateway:
                     "upstream_auth_unavailable",
                 )
             headers[name] = value
-        headers["Host"] = route.host_header
+        headers["Host"] = route.netloc
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Proto"] = self.scheme
         headers["X-Forwarded-Host"] = host
