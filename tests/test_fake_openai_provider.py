@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import os
 import re
 import signal
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -593,34 +595,57 @@ async def test_serves_https_with_an_ssl_context(tmp_path: Path, http: aiohttp.Cl
     assert base_url.startswith("https://127.0.0.1:")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_runs_as_a_process_and_stops_cleanly_on_a_signal(
-    signum: signal.Signals, http: aiohttp.ClientSession
-) -> None:
+@contextlib.asynccontextmanager
+async def fake_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`python -m tests.fakes.openai_provider --port 0 ARGS` and the base URL it says it listens on."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.fakes.openai_provider",
-        "--port",
-        "0",
-        "--api-key",
-        "k",
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stderr=asyncio.subprocess.PIPE,
-    )
+        sys.executable, "-m", "tests.fakes.openai_provider", "--port", "0", *args,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     assert process.stderr is not None
     try:
         line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
         found = re.fullmatch(r"fake-openai listening on (http://127\.0\.0\.1:\d+)\n", line)
         assert found, line
-        async with http.get(f"{found[1]}/v1/models", headers={"Authorization": "Bearer k"}) as response:
-            assert response.status == 200
-        process.send_signal(signum)
-        assert await asyncio.wait_for(process.wait(), 20) == 0
+        yield process, found[1]
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_runs_as_a_process_and_stops_cleanly_on_a_signal(
+    signum: signal.Signals, http: aiohttp.ClientSession
+) -> None:
+    async with fake_process("--api-key", "k") as (process, base_url):
+        async with http.get(f"{base_url}/v1/models", headers={"Authorization": "Bearer k"}) as response:
+            assert response.status == 200
+        process.send_signal(signum)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    assert process.stderr is not None
     rest = await process.stderr.read()
     assert rest == b"fake-openai stopped\n"
+
+
+async def test_api_key_file_keeps_the_key_out_of_the_command_line(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    key_file = tmp_path / "provider.key"
+    key_file.write_text("sk-from-file\n")  # a trailing newline, as an editor leaves it, is not part of the key
+    async with fake_process("--api-key-file", str(key_file)) as (_, base_url):
+        async with http.get(f"{base_url}/v1/models", headers={"Authorization": "Bearer sk-from-file"}) as response:
+            assert response.status == 200
+        async with http.get(f"{base_url}/v1/models", headers={"Authorization": "Bearer sk-wrong"}) as response:
+            assert response.status == 401
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "No such file"), ("  \n", "is empty")])
+def test_api_key_file_that_is_missing_or_empty_is_refused(tmp_path: Path, content: str | None, message: str) -> None:
+    key_file = tmp_path / "provider.key"
+    if content is not None:
+        key_file.write_text(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.fakes.openai_provider", "--port", "0", "--api-key-file", str(key_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--api-key-file" in result.stderr and message in result.stderr, result.stderr

@@ -39,6 +39,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypedDict, Unpack
 
 import orjson
@@ -606,7 +607,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", help="demand this key (default: accept any request)")
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", help="demand this key (default: accept any request)")
+    keys.add_argument("--api-key-file", help="demand the key in this file (kept out of the process list)")
     parser.add_argument("--api-key-header", default="authorization")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
@@ -615,6 +618,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--keyfile", help="private key for --certfile (PEM)")
     parser.add_argument("--record", action="store_true", help="keep requests in memory")
     args = parser.parse_args(argv)
+    if args.api_key_file:
+        try:
+            args.api_key = Path(args.api_key_file).read_text().strip()
+        except OSError as exc:
+            parser.error(f"--api-key-file: {exc}")
+        if not args.api_key:
+            parser.error(f"--api-key-file: {args.api_key_file} is empty")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     fake = FakeOpenAI(
         api_key=args.api_key,
