@@ -4,16 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 APT_PACKAGES := wireguard-go wireguard-tools iproute2
+TEST_APT_PACKAGES := ruby
 STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
 
-.PHONY: install apt-packages test lint typecheck imports unit run bench clean
+.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench clean lab lab-up lab-down lab-shell
 
 install: apt-packages $(STAMP)
 
-apt-packages:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# apt_install: the Debian packages in $(1) that are not installed yet (needs root when some are missing).
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -21,6 +23,14 @@ apt-packages:
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)"; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+
+apt-packages:
+	$(call apt_install,$(APT_PACKAGES))
+
+# What only the tests need: ruby evaluates vagrant/Vagrantfile (tests/test_vagrant.py).
+test-packages:
+	$(call apt_install,$(TEST_APT_PACKAGES))
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +42,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check agent cluster client tests bench
+	$(BIN)/ruff check agent cluster client tests bench vagrant
 
 typecheck: install
 	$(BIN)/mypy
@@ -40,7 +50,7 @@ typecheck: install
 imports: install
 	$(BIN)/lint-imports
 
-unit: install
+unit: install test-packages
 	$(BIN)/pytest
 
 test: lint typecheck imports unit
@@ -55,6 +65,22 @@ BENCH_ARGS ?=
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python bench/gateway.py --soak $(SOAK) $(BENCH_ARGS)
+
+# The lab (vagrant/README.md): the Vagrantfile's three machines as network namespaces on this host, provisioned
+# by the same vagrant/provision/*.sh. `make lab` runs the scenario and tears down; needs root.
+LAB_NAME ?= wardgate
+M ?= client
+lab: install
+	$(BIN)/python vagrant/lab.py run $(if $(LAB_RUN_NAME),--name $(LAB_RUN_NAME))
+
+lab-up: install
+	$(BIN)/python vagrant/lab.py up --name $(LAB_NAME)
+
+lab-down:
+	$(BIN)/python vagrant/lab.py down --name $(LAB_NAME)
+
+lab-shell:
+	$(BIN)/python vagrant/lab.py shell $(M) --name $(LAB_NAME)
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) build *.egg-info

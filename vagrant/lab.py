@@ -1,0 +1,490 @@
+"""The lab on one host: the Vagrantfile's three machines as network namespaces, provisioned by the same scripts.
+
+    python vagrant/lab.py run   [--name N]   build, provision, run the scenario, tear down (exit 0: all passed)
+    python vagrant/lab.py up    [--name N]   build and provision, leave it running (default name "wardgate")
+    python vagrant/lab.py down  [--name N]   tear it down
+    python vagrant/lab.py shell MACHINE [--name N] [-- COMMAND...]
+                                             a shell (or COMMAND) on a machine, with its tools on PATH
+
+         <name>-cluster  192.168.56.10 ─┐
+         <name>-client   192.168.56.11 ─┼─ bridge in <name>-lan   (addresses from vagrant/lab.env)
+         <name>-upstream 192.168.56.12 ─┘
+
+Each machine's eth1 is a veth to a bridge in a fourth namespace, as a Vagrant private network would be.
+vagrant/provision/{cluster,upstream,client}.sh run inside their namespace with WARDGATE_NO_SYSTEMD=1 (they
+start each unit's ExecStart line themselves) and with paths under .lab/<name>/, since every "machine" here
+shares one filesystem. Everything is removed on exit, failure or Ctrl-C: processes in the namespaces, the
+namespaces, /etc/netns/<ns>/ and the WireGuard sockets of this lab's interfaces. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+VAGRANT = REPO / "vagrant"
+MACHINES = ("cluster", "upstream", "client")  # provisioning order: the cluster makes what the others wait for
+NETNS_DIR = Path("/var/run/netns")
+NETNS_ETC = Path("/etc/netns")
+WIREGUARD_SOCKETS = Path("/var/run/wireguard")
+PROVISION_TIMEOUT = 600
+
+
+def lab_env() -> dict[str, str]:
+    values = {}
+    for line in (VAGRANT / "lab.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+class LabError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Lab:
+    """Names and paths of one lab. WireGuard interface names carry `tag` (their sockets share one folder)."""
+
+    name: str
+    tag: str
+    venv: Path
+
+    @property
+    def state(self) -> Path:
+        return REPO / ".lab" / self.name
+
+    def netns(self, machine: str) -> str:
+        return f"{self.name}-{machine}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.netns(m) for m in (*MACHINES, "lan")]
+
+    @property
+    def interfaces(self) -> dict[str, str]:
+        return {"cluster": f"wg{self.tag}n", "client": f"wg{self.tag}c"}
+
+    def machine_env(self, machine: str) -> dict[str, str]:
+        """What a provisioning script (and `shell`) gets instead of a VM's defaults."""
+        root = self.state / machine
+        env = {
+            "PATH": f"{self.venv / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(root),
+            "LANG": "C.UTF-8",
+            "WARDGATE_REPO": str(REPO),
+            "WARDGATE_VENV": str(self.venv),
+            "WARDGATE_HOME": str(root / "home"),
+            "WARDGATE_ETC": str(root / "etc"),
+            "WARDGATE_LOG_DIR": str(root / "log"),
+            "WARDGATE_NO_SYSTEMD": "1",
+            "LAB_SHARE": str(self.state / "share"),
+        }
+        if machine in self.interfaces:
+            env["WG_INTERFACE"] = self.interfaces[machine]
+        if machine == "cluster":
+            env["WARDGATE_CONFIG"] = str(root / "home" / "wardgatectl.toml")
+        if machine == "client":
+            env["XDG_CONFIG_HOME"] = str(root / "config")
+        return env
+
+    def command(self, machine: str, command: Sequence[str], extra: dict[str, str] | None = None) -> list[str]:
+        """COMMAND inside MACHINE's namespace with only MACHINE's environment (plus EXTRA)."""
+        env = {**self.machine_env(machine), **(extra or {})}
+        return ["ip", "netns", "exec", self.netns(machine), "env", "-i", *_assignments(env), *command]
+
+    def run(
+        self, machine: str, *command: str, timeout: float = 60, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """COMMAND on MACHINE, with its environment; output captured."""
+        result = subprocess.run(
+            self.command(machine, command),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
+        if check and result.returncode != 0:
+            raise LabError(f"{machine}: {' '.join(command)} exited {result.returncode}: {result.stderr.strip()}")
+        return result
+
+
+def _assignments(env: dict[str, str]) -> list[str]:
+    return [f"{key}={value}" for key, value in env.items()]
+
+
+def ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+def build(lab: Lab) -> None:
+    """The namespaces, the bridge, each machine's eth1 and /etc/netns/<ns>/hosts (its own /etc/hosts)."""
+    env = lab_env()
+    taken = [ns for ns in lab.namespaces if (NETNS_DIR / ns).exists()]
+    if taken:
+        raise LabError(f"namespaces {taken} exist already: `python vagrant/lab.py down --name {lab.name}` first")
+    lab.state.mkdir(parents=True, exist_ok=True)
+    (lab.state / "lab.json").write_text(json.dumps({"name": lab.name, "tag": lab.tag, "venv": str(lab.venv)}))
+    lan = lab.netns("lan")
+    ip("netns", "add", lan)
+    ip("-n", lan, "link", "add", "br0", "type", "bridge")
+    ip("-n", lan, "link", "set", "br0", "up")
+    for machine in MACHINES:
+        netns = lab.netns(machine)
+        ip("netns", "add", netns)
+        ip("-n", netns, "link", "set", "lo", "up")
+        ip("link", "add", "eth1", "netns", netns, "type", "veth", "peer", "name", machine, "netns", lan)
+        ip("-n", lan, "link", "set", machine, "master", "br0", "up")
+        address = f"{env[f'{machine.upper()}_IP']}/{env['LAB_PREFIX_LENGTH']}"
+        ip("-n", netns, "addr", "add", address, "dev", "eth1")
+        ip("-n", netns, "link", "set", "eth1", "up")
+        etc = NETNS_ETC / netns
+        etc.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile("/etc/hosts", etc / "hosts")
+        print(f"lab: {netns}: eth1 {address}")
+    interfaces = lab.interfaces
+    print(f"lab: WireGuard interfaces {interfaces['cluster']} (cluster), {interfaces['client']} (client)")
+
+
+def provision(lab: Lab) -> None:
+    for machine in MACHINES:
+        script = VAGRANT / "provision" / f"{machine}.sh"
+        command = lab.command(machine, ["timeout", str(PROVISION_TIMEOUT), "bash", str(script)])
+        started = time.monotonic()
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO) as p:
+            assert p.stdout is not None
+            for line in p.stdout:
+                print(f"  {line}", end="", flush=True)
+            code = p.wait()
+        if code == 124:
+            raise LabError(f"vagrant/provision/{machine}.sh did not finish within {PROVISION_TIMEOUT:.0f} s")
+        if code != 0:
+            raise LabError(f"vagrant/provision/{machine}.sh exited {code} in {lab.netns(machine)}")
+        print(f"lab: {machine} provisioned in {time.monotonic() - started:.1f} s", flush=True)
+
+
+def teardown(lab: Lab) -> list[str]:
+    """Remove everything this lab made; returns what could not be removed (empty when all went)."""
+    problems = []
+    for machine in ("client", "cluster", "upstream", "lan"):  # the client first: it says goodbye to the cluster
+        netns = lab.netns(machine)
+        if not (NETNS_DIR / netns).exists():
+            continue
+        _stop_processes(netns)
+        result = subprocess.run(["ip", "netns", "del", netns], capture_output=True, text=True)
+        if result.returncode != 0:
+            problems.append(f"netns {netns}: {result.stderr.strip()}")
+    for netns in lab.namespaces:
+        shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
+    for interface in lab.interfaces.values():
+        (WIREGUARD_SOCKETS / f"{interface}.sock").unlink(missing_ok=True)
+    shutil.rmtree(lab.state, ignore_errors=True)
+    with suppress(OSError):
+        lab.state.parent.rmdir()  # .lab/, when no other lab is in it
+    problems += [f"netns {ns} still there" for ns in lab.namespaces if (NETNS_DIR / ns).exists()]
+    return problems
+
+
+def _pids(netns: str) -> list[int]:
+    result = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    return [int(pid) for pid in result.stdout.split()]
+
+
+def _stop_processes(netns: str, grace: float = 10.0) -> None:
+    """SIGTERM to every process in the namespace (the units' own shutdown), SIGKILL to what is left."""
+    for pid in _pids(netns):
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _pids(netns) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in _pids(netns):
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+# ---------------------------------------------------------------------------------------------- the scenario
+
+
+@dataclass
+class Step:
+    title: str
+    check: Callable[[], str]
+
+
+def workload(lab: Lab, *args: str) -> dict[str, Any]:
+    result = lab.run("client", "python", str(VAGRANT / "workload.py"), *args)
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        raise LabError(f"workload.py {' '.join(args)} printed nothing: {result.stderr.strip()[-800:]}")
+    answer: dict[str, Any] = json.loads(lines[-1])
+    return answer
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise LabError(message)
+
+
+def access_log(lab: Lab) -> list[dict[str, Any]]:
+    path = lab.state / "cluster" / "home" / "access.log"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def sessions(lab: Lab, user: str, kind: str) -> list[str]:
+    out = lab.run("cluster", "wardgatectl", "get", "sessions", "-o", "json", check=True).stdout
+    items = json.loads(out)["items"]
+    return [s["metadata"]["name"] for s in items if s["spec"]["user"] == user and s["spec"]["type"] == kind]
+
+
+def wait_until(condition: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def scenario(lab: Lab) -> list[Step]:
+    domain = lab_env()["WARDGATE_DOMAIN"]
+
+    def client_based() -> str:
+        answer = workload(lab, "private", "llm", "--message", "hello over wireguard")
+        expect(answer.get("status") == 200, f"expected 200, got {answer}")
+        expect(answer.get("content") == "echo: hello over wireguard", f"unexpected answer {answer}")
+        entry = [e for e in access_log(lab) if e.get("service") == "llm"][-1]
+        expect(entry.get("user") == "alice" and entry.get("listener") == "tunnel", f"access log says {entry}")
+        return f"200 {answer['content']!r}; access log: user alice, listener tunnel, from {entry['remote']}"
+
+    def client_less() -> str:
+        issued = workload(lab, "token")
+        expect(issued.get("status") == 200, f"token endpoint: {issued}")
+        answer = workload(lab, "public", "chat", "--message", "hello over https")
+        expect(answer.get("status") == 200, f"expected 200, got {answer}")
+        expect(answer.get("content") == "echo: hello over https", f"unexpected answer {answer}")
+        return f"token from https://{domain}/oauth2/token, then 200 {answer['content']!r} from {answer['url']}"
+
+    def denied() -> str:
+        answer = workload(lab, "public", "chat", "--model", "gpt-4.5-preview")
+        expect(answer.get("status") == 403, f"expected 403, got {answer}")
+        entry = [e for e in access_log(lab) if e.get("service") == "chat"][-1]
+        decision = entry.get("decision") or {}
+        expect(decision.get("effect") == "DENY", f"access log says {entry}")
+        return f"403 for model gpt-4.5-preview; access log: user {entry.get('user')}, {decision}"
+
+    def lua() -> str:
+        message = "one two three four five six seven eight nine ten eleven twelve"
+        answer = workload(
+            lab, "public", "safe-chat", "--model", "gpt-4o", "--max-tokens", "100",
+            "--message", message,
+        )  # fmt: skip
+        expect(answer.get("status") == 200, f"expected 200, got {answer}")
+        expect(answer.get("model") == "gpt-4o-mini", f"the plugin did not swap the model: {answer}")
+        expect(answer.get("finish_reason") == "length", f"the plugin did not cap max_tokens: {answer}")
+        expect(answer.get("plugin") == "cost-control", f"no x-wardgate-plugin header: {answer}")
+        return f"asked gpt-4o with max_tokens 100; got {answer['model']}, {answer['content']!r} (cut: length)"
+
+    def revoke_client() -> str:
+        (session,) = sessions(lab, "alice", "CLIENT")
+        interface = lab.interfaces["cluster"]
+        peers = lab.run("cluster", "wg", "show", interface, "peers", check=True).stdout.split()
+        expect(len(peers) == 1, f"expected alice's one peer on {interface}, `wg show` lists {peers}")
+        lab.run("cluster", "wardgatectl", "delete", "session", session, check=True)
+        started = time.monotonic()
+        gone = wait_until(lambda: not lab.run("cluster", "wg", "show", interface, "peers").stdout.split(), 10)
+        expect(gone, f"alice's peer still on {interface} 10 s after her session was deleted")
+        elapsed = time.monotonic() - started
+        answer = workload(lab, "--timeout", "2", "private", "llm")
+        expect(answer.get("status") is None, f"alice's app still reaches llm after revocation: {answer}")
+        ended = wait_until(lambda: lab.run("client", "wardgate", "status").returncode == 3, 15)
+        status = lab.run("client", "wardgate", "status")
+        expect(ended and "revoked" in status.stdout, f"wardgate status after revocation: {status.stdout}")
+        return (
+            f"session {session} deleted; her peer left `wg show {interface}` {elapsed * 1000:.0f} ms after"
+            " `wardgatectl delete` returned; her app gets no connection; `wardgate status` exits 3 (revoked)"
+        )
+
+    def revoke_workload() -> str:
+        (session,) = sessions(lab, "ci-bot", "CLIENTLESS")
+        lab.run("cluster", "wardgatectl", "delete", "session", session, check=True)
+        answer = workload(lab, "public", "chat")
+        expect(answer.get("status") == 401, f"expected 401 for the revoked token, got {answer}")
+        return f"session {session} deleted; the same access token now gets 401 at once"
+
+    return [
+        Step(f"client-based: alice's app calls http://llm.local.{domain} with no API key", client_based),
+        Step(f"client-less: ci-bot, OAuth2 client credentials, https://chat.{domain}", client_less),
+        Step("denied: a model the chat Service's policy does not allow", denied),
+        Step("Lua plugin: safe-chat turns gpt-4o into gpt-4o-mini and caps max_tokens", lua),
+        Step("revocation: alice's CLIENT session deleted, her tunnel stops", revoke_client),
+        Step("revocation: ci-bot's CLIENTLESS session deleted, its token stops", revoke_workload),
+    ]
+
+
+def run_scenario(lab: Lab) -> bool:
+    passed = 0
+    steps = scenario(lab)
+    for number, step in enumerate(steps, 1):
+        started = time.monotonic()
+        try:
+            detail = step.check()
+        except Exception as exc:  # a step that cannot even run is a failed step, not a crashed lab
+            print(f"[{number}/{len(steps)}] FAIL {step.title}\n      {type(exc).__name__}: {exc}", flush=True)
+            continue
+        passed += 1
+        took = (time.monotonic() - started) * 1000
+        print(f"[{number}/{len(steps)}] PASS {step.title} ({took:.0f} ms)\n      {detail}", flush=True)
+    print(f"lab: {passed} of {len(steps)} steps passed", flush=True)
+    return passed == len(steps)
+
+
+def dump_logs(lab: Lab) -> None:
+    for log in sorted(lab.state.glob("*/log/*.log")):
+        print(f"----- {log.relative_to(lab.state)} (last 40 lines)")
+        print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+@contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so `finally` tears the lab down either way (also when the
+    process was started with SIGINT ignored, as a background job of a script is)."""
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def shielded_teardown(lab: Lab) -> list[str]:
+    """Tear down with Ctrl-C and SIGTERM ignored: a second Ctrl-C must not leave half a lab behind."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return teardown(lab)
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+
+def cmd_run(lab: Lab) -> int:
+    ok = False
+    try:
+        with interrupts_as_exceptions():
+            build(lab)
+            provision(lab)
+            ok = run_scenario(lab)
+    except LabError as exc:
+        print(f"lab: {exc}", flush=True)
+    except KeyboardInterrupt:
+        print("lab: interrupted", flush=True)
+    finally:
+        if not ok and lab.state.exists():
+            dump_logs(lab)
+        problems = shielded_teardown(lab)
+        print("lab: torn down" if not problems else f"lab: teardown left {problems}", flush=True)
+    return 0 if ok and not problems else 1
+
+
+def cmd_up(lab: Lab) -> int:
+    try:
+        with interrupts_as_exceptions():
+            build(lab)
+            provision(lab)
+    except (LabError, KeyboardInterrupt) as exc:
+        print(f"lab: {exc or 'interrupted'}", flush=True)
+        dump_logs(lab)
+        shielded_teardown(lab)
+        return 1
+    client, cluster = lab.netns("client"), lab.netns("cluster")
+    print(
+        f"""
+The lab is up ({lab.state.relative_to(REPO)}). Explore it:
+  make lab-shell M=client      # then: wardgate status; python vagrant/workload.py private llm
+  make lab-shell M=cluster     # then: wardgatectl get sessions; wg show {lab.interfaces["cluster"]}
+  ip netns exec {client} env XDG_CONFIG_HOME={lab.state / "client" / "config"} {lab.venv}/bin/wardgate status
+  logs: {lab.state}/<machine>/log/, access log: {lab.state}/cluster/home/access.log
+Take it down with `make lab-down`. The namespaces are {", ".join(lab.namespaces)}; {cluster} runs the cluster.""",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_down(lab: Lab) -> int:
+    problems = shielded_teardown(lab)
+    print("lab: torn down" if not problems else f"lab: teardown left {problems}")
+    return 0 if not problems else 1
+
+
+def cmd_shell(lab: Lab, machine: str, command: Sequence[str]) -> int:
+    if not (NETNS_DIR / lab.netns(machine)).exists():
+        print(f"lab: {lab.netns(machine)} does not exist (`make lab-up` first)", file=sys.stderr)
+        return 1
+    extra = {"TERM": os.environ.get("TERM", "xterm"), "PS1": f"[lab {machine}] \\w# "}
+    return subprocess.call(lab.command(machine, list(command) or ["bash", "--norc", "-i"], extra), cwd=REPO)
+
+
+def load(name: str, tag: str | None, venv: Path) -> Lab:
+    """The lab called NAME: as recorded when it was built, else from the arguments."""
+    recorded = REPO / ".lab" / name / "lab.json"
+    if recorded.exists():
+        data = json.loads(recorded.read_text())
+        return Lab(data["name"], data["tag"], Path(data["venv"]))
+    return Lab(name, tag or "lab", venv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vagrant/lab.py", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["run", "up", "down", "shell"])
+    parser.add_argument("machine", nargs="?", choices=MACHINES, help="for `shell`")
+    parser.add_argument("rest", nargs="*", help="for `shell`: the command to run (after --)")
+    parser.add_argument("--name", help="namespace prefix (default: wardgate; `run` makes a unique one)")
+    parser.add_argument("--venv", type=Path, default=REPO / ".venv")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("lab: needs root (network namespaces, WireGuard devices)", file=sys.stderr)
+        return 2
+    missing = [tool for tool in ("ip", "wireguard-go", "wg") if shutil.which(tool) is None]
+    if missing or not (args.venv / "bin" / "wardgate-cluster").exists():
+        print(f"lab: missing {missing or args.venv}: run `make install` first", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        tag = str(os.getpid() % 10**6)
+        return cmd_run(Lab(args.name or f"wglab{tag}", tag, args.venv.resolve()))
+    lab = load(args.name or "wardgate", None, args.venv.resolve())
+    if args.command == "up":
+        return cmd_up(lab)
+    if args.command == "down":
+        return cmd_down(lab)
+    if args.machine is None:
+        parser.error("shell: which machine? (cluster, client or upstream)")
+    return cmd_shell(lab, args.machine, args.rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+# Sourced by cluster.sh, client.sh and upstream.sh: settings, the install step, and start_service.
+#
+# Defaults are a Vagrant VM's. vagrant/lab.py runs the same scripts inside network namespaces on one host
+# and overrides the paths (every "machine" there shares one filesystem) and sets WARDGATE_NO_SYSTEMD=1:
+# start_service then runs the unit's own ExecStart line in the background instead of asking systemd.
+set -euo pipefail
+
+WARDGATE_REPO=${WARDGATE_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+# shellcheck source=../lab.env
+. "$WARDGATE_REPO/vagrant/lab.env"
+WARDGATE_VENV=${WARDGATE_VENV:-/opt/wardgate/venv}
+WARDGATE_HOME=${WARDGATE_HOME:-/var/lib/wardgate}
+WARDGATE_ETC=${WARDGATE_ETC:-/etc/wardgate}
+WARDGATE_LOG_DIR=${WARDGATE_LOG_DIR:-/var/log/wardgate}
+WARDGATE_NO_SYSTEMD=${WARDGATE_NO_SYSTEMD:-0}
+# What the cluster VM hands to the others (CA certificate, the lab's credentials, the provider key): a folder
+# every machine sees. In Vagrant that is the NFS-synced repository; in the namespace lab a directory of its own.
+LAB_SHARE=${LAB_SHARE:-$WARDGATE_REPO/vagrant/.share}
+BIN=$WARDGATE_VENV/bin
+UNITS=$WARDGATE_REPO/vagrant/systemd
+
+say() { echo "[$MACHINE] $*"; }
+die() { say "error: $*" >&2; exit 1; }
+
+# Debian packages the install step needs before `make install` can run (make install adds its own).
+install_wardgate() {
+  local missing="" p
+  for p in make python3-venv; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    say "installing$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+  fi
+  say "make install (venv $WARDGATE_VENV)"
+  make -s -C "$WARDGATE_REPO" install VENV="$WARDGATE_VENV"
+  mkdir -p "$WARDGATE_ETC" "$LAB_SHARE"
+  if [ "$WARDGATE_NO_SYSTEMD" != 1 ]; then
+    # A machine of its own: the commands on everyone's PATH. (In the namespace lab the host is shared: hands off.)
+    local command
+    for command in wardgate wardgatectl wardgate-cluster wardgate-agent; do
+      ln -sf "$BIN/$command" "/usr/local/bin/$command"
+    done
+  fi
+}
+
+# The settings every unit reads (EnvironmentFile=/etc/wardgate/lab.env), from this script's variables.
+write_unit_env() {
+  local file=$WARDGATE_ETC/lab.env
+  {
+    echo "# written by vagrant/provision/${0##*/}; read by the wardgate-*.service units"
+    local name
+    for name in WARDGATE_REPO WARDGATE_VENV WARDGATE_HOME WARDGATE_ETC WARDGATE_DOMAIN "$@"; do
+      echo "$name=${!name}"
+    done
+  } > "$file.tmp"
+  chmod 0644 "$file.tmp"
+  mv "$file.tmp" "$file"
+}
+
+# start_service NAME: (re)start vagrant/systemd/NAME.service, by systemd or, with WARDGATE_NO_SYSTEMD=1, by
+# running the unit's ExecStart line directly (the same command, the same environment file).
+start_service() {
+  local name=$1 unit=$UNITS/$1.service
+  [ -f "$unit" ] || die "no unit file $unit"
+  if [ "$WARDGATE_NO_SYSTEMD" = 1 ]; then
+    local command pidfile=$WARDGATE_ETC/$name.pid
+    command=$(sed -n 's/^ExecStart=//p' "$unit")
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      kill -TERM "$(cat "$pidfile")"
+      for _ in $(seq 1 100); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+    fi
+    mkdir -p "$WARDGATE_LOG_DIR"
+    (
+      set -a
+      . "$WARDGATE_ETC/lab.env"
+      set +a
+      cd /
+      eval "exec setsid $command"
+    ) >> "$WARDGATE_LOG_DIR/$name.log" 2>&1 < /dev/null &
+    echo $! > "$pidfile"
+    say "started $name (pid $!, log $WARDGATE_LOG_DIR/$name.log)"
+  else
+    install -m 0644 "$unit" "/etc/systemd/system/$name.service"
+    systemctl daemon-reload
+    systemctl enable -q "$name"
+    systemctl restart "$name"
+    say "started $name (journalctl -u $name)"
+  fi
+}
+
+# wait_for WHAT SECONDS COMMAND...: retry COMMAND every 0.2 s.
+wait_for() {
+  local what=$1 seconds=$2
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" > /dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$what: not within $seconds s"
+    sleep 0.2
+  done
+}
+
+# Names this machine must resolve without DNS: written into /etc/hosts in place (inside `ip netns exec` that
+# file is the namespace's own bind-mounted copy, so a rename would miss it).
+hosts_entry() {
+  local line="$1 # wardgate-lab"
+  local current
+  current=$(grep -v '# wardgate-lab$' /etc/hosts || true)
+  printf '%s\n%s\n' "$current" "$line" > /etc/hosts
+}
