@@ -135,9 +135,6 @@ def ip(*args: str) -> None:
 def build(lab: Lab) -> None:
     """The namespaces, the bridge, each machine's eth1 and /etc/netns/<ns>/hosts (its own /etc/hosts)."""
     env = lab_env()
-    taken = [ns for ns in lab.namespaces if (NETNS_DIR / ns).exists()]
-    if taken:
-        raise LabError(f"namespaces {taken} exist already: `python vagrant/lab.py down --name {lab.name}` first")
     lab.state.mkdir(parents=True, exist_ok=True)
     (lab.state / "lab.json").write_text(json.dumps({"name": lab.name, "tag": lab.tag, "venv": str(lab.venv)}))
     lan = lab.netns("lan")
@@ -392,7 +389,17 @@ def shielded_teardown(lab: Lab) -> list[str]:
             signal.signal(signum, handler)
 
 
+def taken(lab: Lab) -> bool:
+    """Whether a lab of this name runs already (say so: it is not ours to build over or to tear down)."""
+    found = [ns for ns in lab.namespaces if (NETNS_DIR / ns).exists()]
+    if found:
+        print(f"lab: {', '.join(found)} exist already: use that lab, or `make lab-down LAB_NAME={lab.name}` first")
+    return bool(found)
+
+
 def cmd_run(lab: Lab) -> int:
+    if taken(lab):
+        return 1
     ok = False
     try:
         with interrupts_as_exceptions():
@@ -412,6 +419,8 @@ def cmd_run(lab: Lab) -> int:
 
 
 def cmd_up(lab: Lab) -> int:
+    if taken(lab):
+        return 1
     try:
         with interrupts_as_exceptions():
             build(lab)

@@ -81,3 +81,21 @@ def test_an_interrupted_lab_is_torn_down() -> None:
     assert "lab: interrupted" in text and "lab: torn down" in text, text[-5000:]
     assert "PASS" not in text
     assert leftovers(name, _tag(text)) == []
+
+
+@pytest.mark.parametrize("command", ["run", "up"])
+def test_a_lab_that_runs_already_is_neither_built_over_nor_torn_down(command: str) -> None:
+    name = f"wglabx{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", f"{name}-client"], check=True)
+    try:
+        result = subprocess.run(
+            [sys.executable, "vagrant/lab.py", command, "--name", name],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert f"lab: {name}-client exist already" in result.stdout, result.stdout + result.stderr
+        assert "torn down" not in result.stdout
+        assert os.path.exists(f"/var/run/netns/{name}-client")  # the running lab's namespace is left alone
+        assert not os.path.exists(f"/var/run/netns/{name}-cluster")
+    finally:
+        subprocess.run(["ip", "netns", "del", f"{name}-client"], check=False)
