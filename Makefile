@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 APT_PACKAGES := wireguard-go wireguard-tools iproute2
-TEST_APT_PACKAGES := ruby
+TEST_APT_PACKAGES := ruby systemd
 STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
@@ -28,7 +28,8 @@ endef
 apt-packages:
 	$(call apt_install,$(APT_PACKAGES))
 
-# What only the tests need: ruby evaluates vagrant/Vagrantfile (tests/test_vagrant.py).
+# What only the tests need (tests/test_vagrant.py): ruby evaluates vagrant/Vagrantfile, systemd-analyze
+# verifies the lab's unit files.
 test-packages:
 	$(call apt_install,$(TEST_APT_PACKAGES))
 

@@ -162,11 +162,12 @@ def test_every_unit_runs_an_installed_command_with_the_shared_environment() -> N
         text = unit.read_text()
         assert "EnvironmentFile=/etc/wardgate/lab.env" in text, unit.name
         (command,) = re.findall(r"^ExecStart=(.*)$", text, re.M)
-        program = command.split()[0]
-        assert program.startswith("${WARDGATE_VENV}/bin/"), f"{unit.name}: {program}"
+        # systemd never expands a variable in the program's own path, only in arguments: hence /usr/bin/env
+        env, program, *arguments = command.split()
+        assert env == "/usr/bin/env" and program.startswith("${WARDGATE_VENV}/bin/"), f"{unit.name}: {command}"
         name = program.rsplit("/", 1)[1]
         if name == "python":
-            module = command.split()[2]
+            module = arguments[1]
             assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{unit.name}: no module {module}"
         else:
             assert name in scripts, f"{unit.name}: {name} is not a console script of the project"
@@ -176,6 +177,20 @@ def test_every_unit_runs_an_installed_command_with_the_shared_environment() -> N
             )
             assert variable in writers, f"{unit.name}: ${{{variable}}} is never written to lab.env"
         assert "[Install]" in text and "WantedBy=multi-user.target" in text, unit.name
+
+
+def test_systemd_accepts_the_unit_files(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        message = "systemd-analyze is not installed (`make test` installs systemd): the units were not verified"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    units = sorted(str(p) for p in (VAGRANT / "systemd").glob("*.service"))
+    # verify names the unit files' own problems (a bad ExecStart, an unknown setting) and exits non-zero
+    result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    problems = [line for line in result.stderr.splitlines() if "wardgate-" in line]
+    assert result.returncode == 0 and not problems, result.stderr
 
 
 def test_the_lab_services_reach_the_upstream_machine() -> None:

@@ -431,14 +431,15 @@ def cmd_up(lab: Lab) -> int:
         shielded_teardown(lab)
         return 1
     client, cluster = lab.netns("client"), lab.netns("cluster")
+    named = "" if lab.name == "wardgate" else f" LAB_NAME={lab.name}"
     print(
         f"""
 The lab is up ({lab.state.relative_to(REPO)}). Explore it:
-  make lab-shell M=client      # then: wardgate status; python vagrant/workload.py private llm
-  make lab-shell M=cluster     # then: wardgatectl get sessions; wg show {lab.interfaces["cluster"]}
+  make lab-shell M=client{named}      # then: wardgate status; python vagrant/workload.py private llm
+  make lab-shell M=cluster{named}     # then: wardgatectl get sessions; wg show {lab.interfaces["cluster"]}
   ip netns exec {client} env XDG_CONFIG_HOME={lab.state / "client" / "config"} {lab.venv}/bin/wardgate status
   logs: {lab.state}/<machine>/log/, access log: {lab.state}/cluster/home/access.log
-Take it down with `make lab-down`. The namespaces are {", ".join(lab.namespaces)}; {cluster} runs the cluster.""",
+Take it down with `make lab-down{named}`. Namespaces: {", ".join(lab.namespaces)}; {cluster} runs the cluster.""",
         flush=True,
     )
     return 0
