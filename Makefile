@@ -3,13 +3,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
-APT_PACKAGES := wireguard-go wireguard-tools iproute2
+# libatomic1: regopy's shared library links it, and a minimal Debian lacks it (the cluster dies at import).
+APT_PACKAGES := wireguard-go wireguard-tools iproute2 libatomic1
 TEST_APT_PACKAGES := ruby systemd
 STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
 
-.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench clean lab lab-up lab-down lab-shell
+.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench clean lab lab-systemd lab-up lab-down lab-shell
 
 install: apt-packages $(STAMP)
 
@@ -72,16 +73,23 @@ bench: install
 LAB_NAME ?= wardgate
 M ?= client
 lab: install
-	$(BIN)/python vagrant/lab.py run $(if $(LAB_RUN_NAME),--name $(LAB_RUN_NAME))
+	$(BIN)/python -m vagrant.lab run $(if $(LAB_RUN_NAME),--name $(LAB_RUN_NAME))
+
+# The same scenario with each machine a Debian container that boots systemd (systemd-nspawn) in its namespace,
+# provisioned exactly as Vagrant provisions a VM. Not part of `make test`: it debootstraps an image (once,
+# cached in .lab/images) and installs into it from the package registries.
+lab-systemd: install
+	$(call apt_install,debootstrap systemd-container)
+	$(BIN)/python -m vagrant.lab run --systemd $(if $(LAB_RUN_NAME),--name $(LAB_RUN_NAME))
 
 lab-up: install
-	$(BIN)/python vagrant/lab.py up --name $(LAB_NAME)
+	$(BIN)/python -m vagrant.lab up --name $(LAB_NAME)
 
 lab-down:
-	$(BIN)/python vagrant/lab.py down --name $(LAB_NAME)
+	$(BIN)/python -m vagrant.lab down --name $(LAB_NAME)
 
 lab-shell:
-	$(BIN)/python vagrant/lab.py shell $(M) --name $(LAB_NAME)
+	$(BIN)/python -m vagrant.lab shell $(M) --name $(LAB_NAME)
 
 clean:
-	rm -rf $(VENV) $(HOME_DIR) build *.egg-info
+	rm -rf $(VENV) $(HOME_DIR) build *.egg-info .lab/images

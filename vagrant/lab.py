@@ -1,10 +1,11 @@
 """The lab on one host: the Vagrantfile's three machines as network namespaces, provisioned by the same scripts.
 
-    python vagrant/lab.py run   [--name N]   build, provision, run the scenario, tear down (exit 0: all passed)
-    python vagrant/lab.py up    [--name N]   build and provision, leave it running (default name "wardgate")
-    python vagrant/lab.py down  [--name N]   tear it down
-    python vagrant/lab.py shell MACHINE [--name N] [-- COMMAND...]
+    python -m vagrant.lab run   [--name N]   build, provision, run the scenario, tear down (exit 0: all passed)
+    python -m vagrant.lab up    [--name N]   build and provision, leave it running (default name "wardgate")
+    python -m vagrant.lab down  [--name N]   tear it down
+    python -m vagrant.lab shell MACHINE [--name N] [-- COMMAND...]
                                              a shell (or COMMAND) on a machine, with its tools on PATH
+    --systemd (run, up)                      each machine a Debian container booting systemd (containers.py)
 
          <name>-cluster  192.168.56.10 ─┐
          <name>-client   192.168.56.11 ─┼─ bridge in <name>-lan   (addresses from vagrant/lab.env)
@@ -15,6 +16,9 @@ vagrant/provision/{cluster,upstream,client}.sh run inside their namespace with W
 start each unit's ExecStart line themselves) and with paths under .lab/<name>/, since every "machine" here
 shares one filesystem. Everything is removed on exit, failure or Ctrl-C: processes in the namespaces, the
 namespaces, /etc/netns/<ns>/ and the WireGuard sockets of this lab's interfaces. Needs root.
+
+With --systemd the machines are containers booted in the same namespaces, and the scripts run as Vagrant runs
+them (VM paths, systemd units): what is left out is only the VM's own kernel and NFS.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vagrant import containers  # run from the repository: python -m vagrant.lab
 
 REPO = Path(__file__).resolve().parent.parent
 VAGRANT = REPO / "vagrant"
@@ -62,6 +68,7 @@ class Lab:
     name: str
     tag: str
     venv: Path
+    systemd: bool = False
 
     @property
     def state(self) -> Path:
@@ -76,10 +83,32 @@ class Lab:
 
     @property
     def interfaces(self) -> dict[str, str]:
+        if self.systemd:  # each container has its own /run/wireguard: the VM's names
+            return {"cluster": "wardgate0", "client": "wardgate"}
         return {"cluster": f"wg{self.tag}n", "client": f"wg{self.tag}c"}
 
+    @property
+    def repo(self) -> str:
+        """The repository as the machines see it."""
+        return containers.GUEST_REPO if self.systemd else str(REPO)
+
+    @property
+    def python(self) -> str:
+        return "/opt/wardgate/venv/bin/python" if self.systemd else "python"
+
+    @property
+    def access_log(self) -> Path:
+        if self.systemd:
+            return self.state / "cluster" / "root" / "var" / "lib" / "wardgate" / "access.log"
+        return self.state / "cluster" / "home" / "access.log"
+
     def machine_env(self, machine: str) -> dict[str, str]:
-        """What a provisioning script (and `shell`) gets instead of a VM's defaults."""
+        """What a provisioning script (and `shell`) gets instead of a VM's defaults (with --systemd: a VM's)."""
+        if self.systemd:
+            env = {"PATH": containers.GUEST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+            if machine == "cluster":  # what provisioning put in /etc/profile.d for login shells
+                env["WARDGATE_CONFIG"] = "/var/lib/wardgate/wardgatectl.toml"
+            return env
         root = self.state / machine
         env = {
             "PATH": f"{self.venv / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -104,6 +133,8 @@ class Lab:
     def command(self, machine: str, command: Sequence[str], extra: dict[str, str] | None = None) -> list[str]:
         """COMMAND inside MACHINE's namespace with only MACHINE's environment (plus EXTRA)."""
         env = {**self.machine_env(machine), **(extra or {})}
+        if self.systemd:
+            return [*containers.enter(self.netns(machine), env), *command]
         return ["ip", "netns", "exec", self.netns(machine), "env", "-i", *_assignments(env), *command]
 
     def run(
@@ -135,8 +166,11 @@ def ip(*args: str) -> None:
 def build(lab: Lab) -> None:
     """The namespaces, the bridge, each machine's eth1 and /etc/netns/<ns>/hosts (its own /etc/hosts)."""
     env = lab_env()
+    if lab.systemd:
+        containers.prepare_image()
     lab.state.mkdir(parents=True, exist_ok=True)
-    (lab.state / "lab.json").write_text(json.dumps({"name": lab.name, "tag": lab.tag, "venv": str(lab.venv)}))
+    recorded = {"name": lab.name, "tag": lab.tag, "venv": str(lab.venv), "systemd": lab.systemd}
+    (lab.state / "lab.json").write_text(json.dumps(recorded))
     lan = lab.netns("lan")
     ip("netns", "add", lan)
     ip("-n", lan, "link", "add", "br0", "type", "bridge")
@@ -156,12 +190,21 @@ def build(lab: Lab) -> None:
         print(f"lab: {netns}: eth1 {address}")
     interfaces = lab.interfaces
     print(f"lab: WireGuard interfaces {interfaces['cluster']} (cluster), {interfaces['client']} (client)")
+    if lab.systemd:
+        for machine in MACHINES:
+            root = lab.state / machine
+            root.mkdir(parents=True, exist_ok=True)
+            containers.boot(
+                root / "root", lab.netns(machine), f"wardgate-{machine}", lab.state / "share", root / "console.log"
+            )
 
 
 def provision(lab: Lab) -> None:
     for machine in MACHINES:
-        script = VAGRANT / "provision" / f"{machine}.sh"
-        command = lab.command(machine, ["timeout", str(PROVISION_TIMEOUT), "bash", str(script)])
+        script = f"{lab.repo}/vagrant/provision/{machine}.sh"
+        # in a container, what Vagrant's shell provisioner does: root, WARDGATE_REPO=/vagrant, nothing else
+        vagrant = ["env", f"WARDGATE_REPO={lab.repo}"] if lab.systemd else []
+        command = lab.command(machine, ["timeout", str(PROVISION_TIMEOUT), *vagrant, "bash", script])
         started = time.monotonic()
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO) as p:
             assert p.stdout is not None
@@ -182,14 +225,17 @@ def teardown(lab: Lab) -> list[str]:
         netns = lab.netns(machine)
         if not (NETNS_DIR / netns).exists():
             continue
+        if lab.systemd:
+            containers.power_off(netns)
         _stop_processes(netns)
         result = subprocess.run(["ip", "netns", "del", netns], capture_output=True, text=True)
         if result.returncode != 0:
             problems.append(f"netns {netns}: {result.stderr.strip()}")
     for netns in lab.namespaces:
         shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
-    for interface in lab.interfaces.values():
-        (WIREGUARD_SOCKETS / f"{interface}.sock").unlink(missing_ok=True)
+    if not lab.systemd:  # containers keep theirs in their own /run
+        for interface in lab.interfaces.values():
+            (WIREGUARD_SOCKETS / f"{interface}.sock").unlink(missing_ok=True)
     shutil.rmtree(lab.state, ignore_errors=True)
     with suppress(OSError):
         lab.state.parent.rmdir()  # .lab/, when no other lab is in it
@@ -228,7 +274,7 @@ class Step:
 
 
 def workload(lab: Lab, *args: str) -> dict[str, Any]:
-    result = lab.run("client", "python", str(VAGRANT / "workload.py"), *args)
+    result = lab.run("client", lab.python, f"{lab.repo}/vagrant/workload.py", *args)
     lines = result.stdout.strip().splitlines()
     if not lines:
         raise LabError(f"workload.py {' '.join(args)} printed nothing: {result.stderr.strip()[-800:]}")
@@ -242,8 +288,7 @@ def expect(condition: bool, message: str) -> None:
 
 
 def access_log(lab: Lab) -> list[dict[str, Any]]:
-    path = lab.state / "cluster" / "home" / "access.log"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in lab.access_log.read_text().splitlines() if line.startswith("{")]
 
 
 def sessions(lab: Lab, user: str, kind: str) -> list[str]:
@@ -355,6 +400,12 @@ def run_scenario(lab: Lab) -> bool:
 
 
 def dump_logs(lab: Lab) -> None:
+    if lab.systemd:
+        for machine in MACHINES:
+            with suppress(Exception):  # a container that never booted has no journal to show
+                journal = lab.run(machine, "journalctl", "--no-pager", "-n", "40", "-u", "wardgate-*").stdout
+                print(f"----- {machine}: journalctl -u 'wardgate-*' (last 40 lines)\n{journal}")
+        return
     for log in sorted(lab.state.glob("*/log/*.log")):
         print(f"----- {log.relative_to(lab.state)} (last 40 lines)")
         print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
@@ -406,7 +457,7 @@ def cmd_run(lab: Lab) -> int:
             build(lab)
             provision(lab)
             ok = run_scenario(lab)
-    except LabError as exc:
+    except (LabError, containers.ContainerError) as exc:
         print(f"lab: {exc}", flush=True)
     except KeyboardInterrupt:
         print("lab: interrupted", flush=True)
@@ -425,20 +476,27 @@ def cmd_up(lab: Lab) -> int:
         with interrupts_as_exceptions():
             build(lab)
             provision(lab)
-    except (LabError, KeyboardInterrupt) as exc:
+    except (LabError, containers.ContainerError, KeyboardInterrupt) as exc:
         print(f"lab: {exc or 'interrupted'}", flush=True)
         dump_logs(lab)
         shielded_teardown(lab)
         return 1
     client, cluster = lab.netns("client"), lab.netns("cluster")
     named = "" if lab.name == "wardgate" else f" LAB_NAME={lab.name}"
+    if lab.systemd:
+        where = f"  logs: journalctl -u 'wardgate-*' on each machine; access log: {lab.access_log}"
+    else:
+        status = f"{lab.venv}/bin/wardgate status"
+        where = (
+            f"  ip netns exec {client} env XDG_CONFIG_HOME={lab.state / 'client' / 'config'} {status}\n"
+            f"  logs: {lab.state}/<machine>/log/, access log: {lab.access_log}"
+        )
     print(
         f"""
 The lab is up ({lab.state.relative_to(REPO)}). Explore it:
-  make lab-shell M=client{named}      # then: wardgate status; python vagrant/workload.py private llm
+  make lab-shell M=client{named}      # then: wardgate status; {lab.python} {lab.repo}/vagrant/workload.py private llm
   make lab-shell M=cluster{named}     # then: wardgatectl get sessions; wg show {lab.interfaces["cluster"]}
-  ip netns exec {client} env XDG_CONFIG_HOME={lab.state / "client" / "config"} {lab.venv}/bin/wardgate status
-  logs: {lab.state}/<machine>/log/, access log: {lab.state}/cluster/home/access.log
+{where}
 Take it down with `make lab-down{named}`. Namespaces: {", ".join(lab.namespaces)}; {cluster} runs the cluster.""",
         flush=True,
     )
@@ -456,25 +514,27 @@ def cmd_shell(lab: Lab, machine: str, command: Sequence[str]) -> int:
         print(f"lab: {lab.netns(machine)} does not exist (`make lab-up` first)", file=sys.stderr)
         return 1
     extra = {"TERM": os.environ.get("TERM", "xterm"), "PS1": f"[lab {machine}] \\w# "}
-    return subprocess.call(lab.command(machine, list(command) or ["bash", "--norc", "-i"], extra), cwd=REPO)
+    shell = ["bash", "-l"] if lab.systemd else ["bash", "--norc", "-i"]  # a container's login shell, as on a VM
+    return subprocess.call(lab.command(machine, list(command) or shell, extra), cwd=REPO)
 
 
-def load(name: str, tag: str | None, venv: Path) -> Lab:
+def load(name: str, tag: str | None, venv: Path, systemd: bool) -> Lab:
     """The lab called NAME: as recorded when it was built, else from the arguments."""
     recorded = REPO / ".lab" / name / "lab.json"
     if recorded.exists():
         data = json.loads(recorded.read_text())
-        return Lab(data["name"], data["tag"], Path(data["venv"]))
-    return Lab(name, tag or "lab", venv)
+        return Lab(data["name"], data["tag"], Path(data["venv"]), data.get("systemd", False))
+    return Lab(name, tag or "lab", venv, systemd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vagrant/lab.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vagrant.lab", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "up", "down", "shell"])
     parser.add_argument("machine", nargs="?", choices=MACHINES, help="for `shell`")
     parser.add_argument("rest", nargs="*", help="for `shell`: the command to run (after --)")
     parser.add_argument("--name", help="namespace prefix (default: wardgate; `run` makes a unique one)")
     parser.add_argument("--venv", type=Path, default=REPO / ".venv")
+    parser.add_argument("--systemd", action="store_true", help="run, up: machines are containers booting systemd")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("lab: needs root (network namespaces, WireGuard devices)", file=sys.stderr)
@@ -485,8 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "run":
         tag = str(os.getpid() % 10**6)
-        return cmd_run(Lab(args.name or f"wglab{tag}", tag, args.venv.resolve()))
-    lab = load(args.name or "wardgate", None, args.venv.resolve())
+        return cmd_run(Lab(args.name or f"wglab{tag}", tag, args.venv.resolve(), args.systemd))
+    lab = load(args.name or "wardgate", None, args.venv.resolve(), args.systemd)
     if args.command == "up":
         return cmd_up(lab)
     if args.command == "down":

@@ -58,7 +58,7 @@ def test_an_interrupted_lab_is_torn_down() -> None:
     name = f"wglabi{os.getpid()}"
     output = []
     with subprocess.Popen(
-        [sys.executable, "vagrant/lab.py", "run", "--name", name],
+        [sys.executable, "-m", "vagrant.lab", "run", "--name", name],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -89,7 +89,7 @@ def test_a_lab_that_runs_already_is_neither_built_over_nor_torn_down(command: st
     subprocess.run(["ip", "netns", "add", f"{name}-client"], check=True)
     try:
         result = subprocess.run(
-            [sys.executable, "vagrant/lab.py", command, "--name", name],
+            [sys.executable, "-m", "vagrant.lab", command, "--name", name],
             capture_output=True, text=True, timeout=60, cwd=REPO,
         )  # fmt: skip
         assert result.returncode == 1

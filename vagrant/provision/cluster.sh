@@ -28,9 +28,9 @@ fi
 start_service wardgate-cluster
 wait_for "the admin API" 60 "$BIN/wardgatectl" get nodes
 
+"$BIN/wardgatectl" create secret lab-provider-key --from-file "$LAB_SHARE/provider.key" > /dev/null
 say "wardgatectl apply -f configs/resources -f configs/lab"
 "$BIN/wardgatectl" apply -f "$WARDGATE_REPO/configs/resources" -f "$WARDGATE_REPO/configs/lab"
-"$BIN/wardgatectl" create secret lab-provider-key --from-file "$LAB_SHARE/provider.key" > /dev/null
 
 # credential NAME USER TYPE FILE FIELD...: create it once; keep the fields it shows once in FILE (0600).
 credential() {
