@@ -83,14 +83,19 @@ def lab_env() -> dict[str, str]:
     return {key: value for key, value in pairs if not key.startswith("#")}
 
 
-def ruby() -> str:
-    found = shutil.which("ruby")
+def tool(name: str, package: str, unchecked: str) -> str:
+    """The path of NAME; a loud skip without it (`make test` installs PACKAGE), and a failure in CI."""
+    found = shutil.which(name)
     if found is None:
-        message = "ruby is not installed (`make test` installs it): the Vagrantfile was not evaluated"
+        message = f"{name} is not installed (`make test` installs {package}): {unchecked} not checked"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+def ruby() -> str:
+    return tool("ruby", "ruby", "the Vagrantfile was")
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +185,7 @@ def test_every_unit_runs_an_installed_command_with_the_shared_environment() -> N
 
 
 def test_systemd_accepts_the_unit_files(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        message = "systemd-analyze is not installed (`make test` installs systemd): the units were not verified"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    analyze = tool("systemd-analyze", "systemd", "the unit files were")
     units = sorted(str(p) for p in (VAGRANT / "systemd").glob("*.service"))
     # verify names the unit files' own problems (a bad ExecStart, an unknown setting) and exits non-zero
     result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=120, cwd=tmp_path)
