@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from request_context import request_ctx
+
 SEEDS = [
     'ctx.user.spec.groups.hasAll("dev", "ops")',
     "size(ctx.request.http.bodyMap.messages) < 4",
@@ -31,43 +33,7 @@ SEEDS = [
     'ctx.request.http.method == "POST" && ctx.request.http.path.startsWith("/v1/")',
 ]
 
-BODY = {
-    "model": "gpt-4o-mini",
-    "temperature": 0.5,
-    "max_tokens": 256,
-    "stream": True,
-    "messages": [
-        {"role": "system", "content": "You are a helpful assistant. " * 4},
-        {"role": "user", "content": "Summarise the following text. " + "lorem ipsum " * 60},
-        {"role": "assistant", "content": "Here is a summary. " * 10},
-    ],
-}
-
-CTX: dict[str, Any] = {
-    "user": {
-        "metadata": {"name": "alice"},
-        "spec": {"type": "HUMAN", "groups": ["dev", "ops", "qa"], "email": "alice@example.com"},
-    },
-    "session": {"metadata": {"name": "s-1"}, "spec": {"type": "CLIENT"}},
-    "service": {"metadata": {"name": "openai"}, "spec": {"isPublic": False}},
-    "request": {
-        "http": {
-            "method": "POST",
-            "path": "/v1/chat/completions",
-            "query": {},
-            "headers": {
-                "content-type": "application/json",
-                "user-agent": "openai-python/1.60",
-                "accept": "*/*",
-            },
-            "host": "openai.example.com",
-            "scheme": "https",
-            "bodyMap": BODY,
-        },
-        "ip": "100.64.0.2",
-    },
-    "time": "2026-11-27T12:00:00Z",
-}
+CTX = request_ctx("openai", raw_body=False)
 
 ERROR = "error"
 

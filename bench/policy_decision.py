@@ -12,7 +12,6 @@ Activation or Rego input) is included. The budget is 333 µs of CPU per request
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
+from request_context import request_ctx
 
 from cluster.policy import cel
 from cluster.policy.engine import EvalInput, RuleSet, compile_authorization, evaluate
@@ -56,44 +56,7 @@ allow if {
 }
 """
 
-BODY = {
-    "model": "gpt-4o-mini",
-    "temperature": 0.5,
-    "max_tokens": 256,
-    "stream": True,
-    "messages": [
-        {"role": "system", "content": "You are a helpful assistant. " * 4},
-        {"role": "user", "content": "Summarise the following text. " + "lorem ipsum " * 60},
-        {"role": "assistant", "content": "Here is a summary. " * 10},
-    ],
-}
-
-CTX: dict[str, Any] = {
-    "user": {
-        "metadata": {"name": "alice"},
-        "spec": {"type": "HUMAN", "groups": ["dev", "ops", "qa"], "email": "alice@example.com"},
-    },
-    "session": {"metadata": {"name": "s-1"}, "spec": {"type": "CLIENT"}},
-    "service": {"metadata": {"name": "my-api"}, "spec": {"isPublic": False}},
-    "request": {
-        "http": {
-            "method": "POST",
-            "path": "/v1/chat/completions",
-            "query": {},
-            "headers": {
-                "content-type": "application/json",
-                "user-agent": "openai-python/1.60",
-                "accept": "application/json",
-            },
-            "host": "my-api.example.com",
-            "scheme": "https",
-            "bodyMap": BODY,
-            "body": json.dumps(BODY).encode(),
-        },
-        "ip": "100.64.0.2",
-    },
-    "time": "2026-11-27T12:00:00Z",
-}
+CTX = request_ctx("my-api", raw_body=True)
 
 
 def service_rules(policy: dict[str, Any], compiler: cel.Compiler) -> RuleSet:
