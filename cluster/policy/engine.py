@@ -47,7 +47,7 @@ from typing import overload
 
 from cluster.policy import cel, rego
 from cluster.policy.reasons import Reason
-from cluster.resources.common import Authorization, Condition, Effect, PolicySpec
+from cluster.resources.common import Authorization, Condition, Effect, PolicySpec, Scope
 
 __all__ = [
     "CompiledCondition",
@@ -205,11 +205,27 @@ class CompiledRule:
     priority: int
     condition: CompiledCondition
     ref: RuleRef
+    scope: Scope = Scope.SERVICES
+    reads_body: bool = False
+    """The condition's source names the body (`bodyMap`, `body`): the request body must be parsed for it."""
 
 
 def _order(rule: CompiledRule) -> tuple[int, int]:
     """The sort key: priority ascending, then DENY before ALLOW. Ties keep their order (stable)."""
     return rule.priority, 0 if rule.effect is Effect.DENY else 1
+
+
+def _mentions_body(cond: Condition) -> bool:
+    """Whether a condition may read the request body (a plain text check of its CEL and Rego sources: an
+    over-estimate costs a parse, an under-estimate would hide the body from a rule)."""
+    if cond.match is not None:
+        return "body" in cond.match
+    if cond.opa is not None:
+        return "body" in cond.opa.inline
+    children = (cond.all.of if cond.all else []) + (cond.any.of if cond.any else [])
+    if cond.not_ is not None:
+        children = [cond.not_]
+    return any(_mentions_body(c) for c in children)
 
 
 def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler) -> list[CompiledRule]:
@@ -220,6 +236,8 @@ def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler
             priority=rule.priority,
             condition=compile_condition(rule.condition, cel_compiler),
             ref=RuleRef(policy_ref, rule.name or f"rules[{i}]"),
+            scope=rule.scope,
+            reads_body=_mentions_body(rule.condition),
         )
         for i, rule in enumerate(spec.rules)
     ]
@@ -266,6 +284,16 @@ class RuleSet(Sequence[CompiledRule]):
 
     def __repr__(self) -> str:
         return f"RuleSet({[str(r.ref) for r in self._rules]})"
+
+    @property
+    def reads_body(self) -> bool:
+        return any(r.reads_body for r in self._rules)
+
+    def scoped(self, scope: Scope) -> RuleSet:
+        """The rules that govern `scope` (SERVICES or ADMIN): those of that scope and those of scope ALL."""
+        kept = self.__class__.__new__(self.__class__)
+        object.__setattr__(kept, "_rules", tuple(r for r in self._rules if r.scope in (scope, Scope.ALL)))
+        return kept
 
 
 def evaluate(rules: RuleSet | Sequence[CompiledRule], inp: EvalInput) -> Decision:

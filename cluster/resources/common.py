@@ -95,12 +95,22 @@ class Condition(Model):
         return self
 
 
+class Scope(StrEnum):
+    """What a rule governs. A User's or Group's rule reaches the admin API only when it says so: a catch-all
+    written for Services (`matchAny: true`) must never open the admin API."""
+
+    SERVICES = "SERVICES"
+    ADMIN = "ADMIN"
+    ALL = "ALL"
+
+
 class Rule(Model):
     """One policy rule. Lower `priority` runs first; on equal priority DENY wins."""
 
     name: Name | None = None
     effect: Effect
     priority: int = Field(default=0, ge=-1000, le=1000)
+    scope: Scope = Scope.SERVICES
     condition: Condition
 
 
