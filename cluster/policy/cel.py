@@ -30,7 +30,10 @@ What expressions see:
   (``lowerAscii``, ``upperAscii``, ``replace``, ``split``, ``join``, ``trim``,
   ``substring``, ``indexOf``, ``format`` ...) and ``list.hasAll(a, ...)`` /
   ``list.hasAny(a, ...)`` with 1 to 8 arguments of any type, compared with CEL
-  equality (``true`` does not equal ``1``; ``1`` equals ``1.0``).
+  equality (``true`` does not equal ``1``; ``1`` equals ``1.0``). They run as the
+  engine's native ``sets.contains(list, [a, ...])`` / ``sets.intersects(list, [a, ...])``
+  (the cel-go "sets" library, which expressions may call directly too): no function
+  is implemented in Python, see _engine() for why.
 - ``matches`` is RE2: linear time, no backreferences.
 """
 
@@ -42,12 +45,15 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
+from cel.expr import checked_pb2 as _checked_pb2  # type: ignore[import-untyped]
 from cel_expr_python import cel as _cel  # type: ignore[import-untyped]
 from cel_expr_python.ext import ext_strings as _ext_strings  # type: ignore[import-untyped]
+from google.protobuf import any_pb2 as _any_pb2  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError as _DecodeError  # type: ignore[import-untyped]
 
 __all__ = [
     "MAX_EXPRESSION_LENGTH",
@@ -68,6 +74,11 @@ _INT64_MIN: Final = -(2**63)
 _UINT64_END: Final = 2**64
 _MAX_NESTING: Final = 512
 _POSITION = re.compile(r"<input>:(-?\d+):(-?\d+):")
+# member function -> (the engine's native function, its overload id)
+_SET_FUNCTIONS: Final = {
+    "hasAll": ("sets.contains", "list_sets_contains_list"),
+    "hasAny": ("sets.intersects", "list_sets_intersects_list"),
+}
 
 
 class CelError(Exception):
@@ -119,12 +130,14 @@ class _Expression(Protocol):
 
     def eval(self, activation: object) -> _Value: ...
     def return_type(self) -> _Type: ...
+    def serialize(self) -> bytes: ...
 
 
 class _Env(Protocol):
     """Declarations (ctx, extensions) plus the compiler and runtime built from them."""
 
     def compile(self, expression: str) -> _Expression: ...
+    def deserialize(self, serialized: bytes) -> _Expression: ...
     def Activation(self, data: Mapping[str, object]) -> object: ...
 
 
@@ -134,41 +147,14 @@ class _Engine:
     probe: _Expression
 
 
-def _cel_equal(a: object, b: object) -> bool:
-    """CEL equality on the plain values the engine hands to Python functions."""
-    if type(a) is bool or type(b) is bool:
-        return type(a) is type(b) and a == b
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(_cel_equal, a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and len(a) == len(b) and all(k in b and _cel_equal(v, b[k]) for k, v in a.items())
-    if isinstance(b, list | dict):
-        return False
-    return a == b
-
-
-def _contains(items: Sequence[object], wanted: object) -> bool:
-    if type(wanted) is str:
-        return wanted in items
-    return any(_cel_equal(wanted, item) for item in items)
-
-
-def _has_all(items: Sequence[object], *wanted: object) -> bool:
-    return all(_contains(items, w) for w in wanted)
-
-
-def _has_any(items: Sequence[object], *wanted: object) -> bool:
-    return any(_contains(items, w) for w in wanted)
-
-
-def _member_function(name: str, impl: Callable[..., bool]) -> object:
+def _member_decl(name: str) -> object:
+    """Declarations only: the checker types ``list.<name>(a, ...)``; _native() replaces the calls."""
     overloads = [
         _cel.Overload(
             f"list_{name}_{n}",
             return_type=_cel.Type.BOOL,
             parameters=[_cel.Type.List(_cel.Type.DYN)] + [_cel.Type.DYN] * n,
             is_member=True,
-            impl=impl,
         )
         for n in range(1, MAX_MEMBER_ARGS + 1)
     ]
@@ -177,19 +163,89 @@ def _member_function(name: str, impl: Callable[..., bool]) -> object:
 
 @functools.cache
 def _engine() -> _Engine:
-    # Functions must come in through a CelExtension: cel-expr-python 0.1.3 registers
-    # NewEnv(functions=...) with dyn parameters that never match at run time.
-    lists = _cel.CelExtension(
-        "wardgate.lists", [_member_function("hasAll", _has_all), _member_function("hasAny", _has_any)]
-    )
+    # No function here is implemented in Python. cel-expr-python 0.1.3 leaks every call
+    # of a Python implementation: its PyCelFunctionAdapter::Invoke never releases the
+    # argument tuple it builds, so the arguments converted to Python (a whole list for
+    # hasAll) stay allocated, ~400 bytes per call. hasAll and hasAny are declared here
+    # for the checker and run as the engine's native sets.contains / sets.intersects.
+    lists = _cel.CelExtension("wardgate.lists", [_member_decl(name) for name in _SET_FUNCTIONS])
     env = cast(
         _Env,
         _cel.NewEnv(
+            config=_cel.NewEnvConfigFromYaml("extensions:\n  - name: sets\n"),
             variables={"ctx": _cel.Type.Map(_cel.Type.STRING, _cel.Type.DYN)},
             extensions=[lists, _ext_strings.ExtStrings()],
         ),
     )
     return _Engine(env=env, probe=env.compile("size(ctx) >= 0"))
+
+
+def _children(node: Any) -> list[Any]:
+    kind = node.WhichOneof("expr_kind")
+    if kind == "select_expr":
+        return [node.select_expr.operand]
+    if kind == "call_expr":
+        call = node.call_expr
+        return [*([call.target] if call.HasField("target") else []), *call.args]
+    if kind == "list_expr":
+        return list(node.list_expr.elements)
+    if kind == "struct_expr":
+        entries = node.struct_expr.entries
+        return [*(e.map_key for e in entries if e.HasField("map_key")), *(e.value for e in entries)]
+    if kind == "comprehension_expr":
+        c = node.comprehension_expr
+        return [c.iter_range, c.accu_init, c.loop_condition, c.loop_step, c.result]
+    return []
+
+
+def _native(source: str, expr: _Expression) -> _Expression:
+    """``expr`` with each ``list.hasAll(a, ...)`` turned into ``sets.contains(list, [a, ...])``.
+
+    (hasAny into ``sets.intersects``.) The rewrite works on the checked AST that the
+    engine serializes, so the checker has already typed and positioned every node;
+    the new call keeps the old call's id, type and position. Both forms compare with
+    CEL equality and fail the same way on a bad argument or a receiver that is not a
+    list.
+    """
+    if not any(name in source for name in _SET_FUNCTIONS):
+        return expr
+    packed = _any_pb2.Any()
+    checked = _checked_pb2.CheckedExpr()
+    try:
+        packed.ParseFromString(expr.serialize())
+        if not packed.Unpack(checked):
+            raise CelCompileError(source, f"the engine serialized a {packed.type_url}, not a CheckedExpr")
+    except _DecodeError as exc:
+        raise CelCompileError(source, f"expression is nested too deeply to rewrite: {exc}") from exc
+    next_id = max([0, *checked.type_map.keys(), *checked.reference_map.keys()]) + 1
+    changed = False
+    stack = [checked.expr]
+    while stack:
+        node = stack.pop()
+        if node.WhichOneof("expr_kind") == "call_expr":
+            call = node.call_expr
+            function = _SET_FUNCTIONS.get(call.function) if call.HasField("target") else None
+            if function is not None:
+                target, wanted = type(call.target)(), list(call.args)
+                target.CopyFrom(call.target)
+                call.ClearField("target")
+                del call.args[:]
+                call.function = function[0]
+                call.args.add().CopyFrom(target)
+                items = call.args.add(id=next_id)
+                items.list_expr.elements.extend(wanted)
+                checked.type_map[next_id].list_type.elem_type.dyn.SetInParent()
+                next_id += 1
+                reference = checked.reference_map[node.id]
+                reference.name = function[0]
+                del reference.overload_id[:]
+                reference.overload_id.append(function[1])
+                changed = True
+        stack.extend(_children(node))
+    if not changed:
+        return expr
+    packed.Pack(checked)
+    return _engine().env.deserialize(packed.SerializeToString())
 
 
 def _compile_error(source: str, exc: Exception) -> CelCompileError:
@@ -208,9 +264,10 @@ def _compile(source: str) -> _Expression:
             f"expression is {len(source)} characters long; the limit is {MAX_EXPRESSION_LENGTH}",
         )
     try:
-        return _engine().env.compile(source)
+        expr = _engine().env.compile(source)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise _compile_error(source, exc) from exc
+    return _native(source, expr)
 
 
 def _plain_scalar(value: object) -> object:

@@ -183,6 +183,36 @@ def test_has_all_has_any(compiler: Compiler, source: str, expected: bool) -> Non
     assert run(compiler, source) is expected
 
 
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # calls in every place the rewrite to sets.contains/sets.intersects must reach
+        ('ctx.user.spec.groups.hasAll("dev") && ctx.user.spec.groups.hasAny("qa")', True),
+        ('[["dev"], ["ops"]].all(g, ctx.user.spec.groups.hasAll(g[0]))', True),
+        ('[["dev"], ["x"]].exists(g, ctx.user.spec.groups.hasAny(g[0]))', True),
+        ("[[true]].hasAny([[1, 2]].hasAll([1, 2.0]) == false, [true])", True),
+        ('{"k": [1, 2].hasAll(2)}.k', True),
+        ('ctx.user.spec.groups.filter(g, [g].hasAny("dev", "ops")) == ["dev", "ops"]', True),
+        ('!(ctx.user.spec.groups.hasAll("nobody")) ? [1].hasAny(1) : false', True),
+        ('sets.contains(ctx.user.spec.groups, ["qa"]) && !sets.intersects(["x"], ["y"])', True),
+        ('"hasAll" == "hasAll" && ["hasAny("].hasAny("hasAny(")', True),
+    ],
+)
+def test_has_all_has_any_anywhere_in_an_expression(compiler: Compiler, source: str, expected: bool) -> None:
+    assert run(compiler, source) is expected
+
+
+def test_has_all_argument_error_is_an_eval_error(compiler: Compiler) -> None:
+    with pytest.raises(CelEvalError, match="nope"):
+        run(compiler, 'ctx.user.spec.groups.hasAny("dev", ctx.nope)')
+
+
+def test_has_all_keeps_its_static_type(compiler: Compiler) -> None:
+    check('ctx.user.spec.groups.hasAll("dev")')
+    with pytest.raises(CelCompileError, match="bool"):
+        check('ctx.user.spec.groups.hasAll("dev") ? 1 : 2')
+
+
 def test_has_all_accepts_up_to_eight_arguments(compiler: Compiler) -> None:
     nine = ", ".join(['"dev"'] * 9)
     with pytest.raises(CelCompileError, match="hasAll"):
