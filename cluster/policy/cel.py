@@ -49,11 +49,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
-from cel.expr import checked_pb2 as _checked_pb2  # type: ignore[import-untyped]
 from cel_expr_python import cel as _cel  # type: ignore[import-untyped]
 from cel_expr_python.ext import ext_strings as _ext_strings  # type: ignore[import-untyped]
-from google.protobuf import any_pb2 as _any_pb2  # type: ignore[import-untyped]
-from google.protobuf.message import DecodeError as _DecodeError  # type: ignore[import-untyped]
+
+from cluster.policy import cel_ast, projection
+from cluster.policy.projection import Paths
 
 __all__ = [
     "MAX_EXPRESSION_LENGTH",
@@ -74,11 +74,6 @@ _INT64_MIN: Final = -(2**63)
 _UINT64_END: Final = 2**64
 _MAX_NESTING: Final = 512
 _POSITION = re.compile(r"<input>:(-?\d+):(-?\d+):")
-# member function -> (the engine's native function, its overload id)
-_SET_FUNCTIONS: Final = {
-    "hasAll": ("sets.contains", "list_sets_contains_list"),
-    "hasAny": ("sets.intersects", "list_sets_intersects_list"),
-}
 
 
 class CelError(Exception):
@@ -168,7 +163,7 @@ def _engine() -> _Engine:
     # argument tuple it builds, so the arguments converted to Python (a whole list for
     # hasAll) stay allocated, ~400 bytes per call. hasAll and hasAny are declared here
     # for the checker and run as the engine's native sets.contains / sets.intersects.
-    lists = _cel.CelExtension("wardgate.lists", [_member_decl(name) for name in _SET_FUNCTIONS])
+    lists = _cel.CelExtension("wardgate.lists", [_member_decl(name) for name in cel_ast.SET_FUNCTIONS])
     env = cast(
         _Env,
         _cel.NewEnv(
@@ -180,74 +175,6 @@ def _engine() -> _Engine:
     return _Engine(env=env, probe=env.compile("size(ctx) >= 0"))
 
 
-def _children(node: Any) -> list[Any]:
-    kind = node.WhichOneof("expr_kind")
-    if kind == "select_expr":
-        return [node.select_expr.operand]
-    if kind == "call_expr":
-        call = node.call_expr
-        return [*([call.target] if call.HasField("target") else []), *call.args]
-    if kind == "list_expr":
-        return list(node.list_expr.elements)
-    if kind == "struct_expr":
-        entries = node.struct_expr.entries
-        return [*(e.map_key for e in entries if e.HasField("map_key")), *(e.value for e in entries)]
-    if kind == "comprehension_expr":
-        c = node.comprehension_expr
-        return [c.iter_range, c.accu_init, c.loop_condition, c.loop_step, c.result]
-    return []
-
-
-def _native(source: str, expr: _Expression) -> _Expression:
-    """``expr`` with each ``list.hasAll(a, ...)`` turned into ``sets.contains(list, [a, ...])``.
-
-    (hasAny into ``sets.intersects``.) The rewrite works on the checked AST that the
-    engine serializes, so the checker has already typed and positioned every node;
-    the new call keeps the old call's id, type and position. Both forms compare with
-    CEL equality and fail the same way on a bad argument or a receiver that is not a
-    list.
-    """
-    if not any(name in source for name in _SET_FUNCTIONS):
-        return expr
-    packed = _any_pb2.Any()
-    checked = _checked_pb2.CheckedExpr()
-    try:
-        packed.ParseFromString(expr.serialize())
-        if not packed.Unpack(checked):
-            raise CelCompileError(source, f"the engine serialized a {packed.type_url}, not a CheckedExpr")
-    except _DecodeError as exc:
-        raise CelCompileError(source, f"expression is nested too deeply to rewrite: {exc}") from exc
-    next_id = max([0, *checked.type_map.keys(), *checked.reference_map.keys()]) + 1
-    changed = False
-    stack = [checked.expr]
-    while stack:
-        node = stack.pop()
-        if node.WhichOneof("expr_kind") == "call_expr":
-            call = node.call_expr
-            function = _SET_FUNCTIONS.get(call.function) if call.HasField("target") else None
-            if function is not None:
-                target, wanted = type(call.target)(), list(call.args)
-                target.CopyFrom(call.target)
-                call.ClearField("target")
-                del call.args[:]
-                call.function = function[0]
-                call.args.add().CopyFrom(target)
-                items = call.args.add(id=next_id)
-                items.list_expr.elements.extend(wanted)
-                checked.type_map[next_id].list_type.elem_type.dyn.SetInParent()
-                next_id += 1
-                reference = checked.reference_map[node.id]
-                reference.name = function[0]
-                del reference.overload_id[:]
-                reference.overload_id.append(function[1])
-                changed = True
-        stack.extend(_children(node))
-    if not changed:
-        return expr
-    packed.Pack(checked)
-    return _engine().env.deserialize(packed.SerializeToString())
-
-
 def _compile_error(source: str, exc: Exception) -> CelCompileError:
     text = str(exc).removeprefix("INVALID_ARGUMENT: ").removesuffix(" [INVALID_ARGUMENT]")
     match = _POSITION.search(text)
@@ -257,7 +184,8 @@ def _compile_error(source: str, exc: Exception) -> CelCompileError:
     return CelCompileError(source, text, line, column)
 
 
-def _compile(source: str) -> _Expression:
+def _compile(source: str) -> tuple[_Expression, Paths]:
+    """The checked expression (hasAll/hasAny made native, see _engine) and the ctx paths it reads."""
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise CelCompileError(
             source,
@@ -267,7 +195,13 @@ def _compile(source: str) -> _Expression:
         expr = _engine().env.compile(source)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise _compile_error(source, exc) from exc
-    return _native(source, expr)
+    try:
+        analysis = cel_ast.analyze(expr.serialize())
+    except cel_ast.AstError as exc:
+        raise CelCompileError(source, str(exc)) from exc
+    if analysis.rewritten is not None:
+        expr = _engine().env.deserialize(analysis.rewritten)
+    return expr, analysis.paths
 
 
 def _plain_scalar(value: object) -> object:
@@ -348,12 +282,15 @@ class Activation:
     beyond int64/uint64 become doubles and tuples become lists. A datetime cannot go
     inside a map: pass time as an RFC 3339 string (``timestamp(ctx.time)`` in CEL).
 
-    Construction is free; the first evaluation converts the whole of ``ctx`` (about
-    0.35 µs per JSON value: ~20 µs for a 1 KiB chat body, ~360 µs for 300 messages)
-    and every later evaluation reuses it. Do not mutate ``ctx`` while the Activation
-    is in use. If ``ctx`` is missing, is not a map or holds a value CEL cannot
-    represent (a set, a datetime, a None or float map key), every evaluation raises
-    CelEvalError saying so.
+    Construction is free. A Program is handed only the parts of ``ctx`` its expression
+    names (see projection.py): ``ctx.request.http.bodyMap.model == "x"`` converts one
+    string, not the body. The first evaluation of each such set of parts converts them
+    (about 0.35 µs per JSON value: ~20 µs for a 1 KiB chat body, ~360 µs for 300
+    messages, ~30 ms for a 1 MiB one) and later Programs that read the same parts
+    reuse it. Do not mutate ``ctx`` while the Activation is in use. If ``ctx`` is
+    missing or is not a map, every evaluation raises CelEvalError saying so; if a
+    part holds a value CEL cannot represent (a set, a datetime, a None or float map
+    key), every evaluation that reads that part does.
 
     Nesting: the engine converts recursively in C++. Here 5,500 levels convert and
     6,000 overflow the C stack and kill the process. JSON parsers stop far earlier
@@ -364,33 +301,43 @@ class Activation:
     One request, one task: the lazy conversion is not locked.
     """
 
-    __slots__ = ("_ctx", "_error", "_handle")
+    __slots__ = ("_ctx", "_errors", "_handles")
 
     def __init__(self, ctx: Mapping[str, object]) -> None:
         self._ctx = ctx
-        self._handle: object | None = None
-        self._error: CelEvalError | None = None
+        self._handles: dict[object, object] = {}
+        self._errors: dict[object, CelEvalError] = {}
 
-    def _engine_handle(self) -> object:
-        if self._handle is not None:
-            return self._handle
-        if self._error is None:
+    def _engine_handle(self, paths: Paths = projection.ALL, key: object = None) -> object:
+        """The engine's activation holding the ``paths`` of ctx (``key`` is projection.key(paths))."""
+        handle = self._handles.get(key)
+        if handle is not None:
+            return handle
+        error = self._errors.get(key)
+        if error is None:
+            ctx = self._ctx.get("ctx") if isinstance(self._ctx, Mapping) else None
+            variables = self._ctx
+            if paths is not None and isinstance(ctx, Mapping):
+                variables = {**self._ctx, "ctx": projection.project(ctx, paths)}
             try:
-                self._handle = _engine_activation(self._ctx)
-                return self._handle
+                handle = self._handles[key] = _engine_activation(variables)
+                return handle
             except CelEvalError as exc:
-                self._error = exc
-        raise CelEvalError(str(self._error))
+                error = self._errors[key] = exc
+        raise CelEvalError(str(error))
 
 
 class Program:
     """A compiled expression. Immutable; safe to share across requests and tasks."""
 
-    __slots__ = ("_expr", "source")
+    __slots__ = ("_expr", "_key", "paths", "source")
 
-    def __init__(self, source: str, expr: _Expression) -> None:
+    def __init__(self, source: str, expr: _Expression, paths: Paths = projection.ALL) -> None:
         self.source = source
+        self.paths = paths
+        """The ctx fields the expression reads (projection.ALL: all of ctx)."""
         self._expr = expr
+        self._key = projection.key(paths)
 
     def __repr__(self) -> str:
         return f"Program({self.source!r})"
@@ -402,7 +349,7 @@ class Program:
         name. Raises CelEvalError on any evaluation error.
         """
         try:
-            value = self._expr.eval(activation._engine_handle())
+            value = self._expr.eval(activation._engine_handle(self.paths, self._key))
             kind = value.type().name()
             if kind != "ERROR":
                 return _plain(value.plain_value())
@@ -413,7 +360,7 @@ class Program:
     def evaluate_bool(self, activation: Activation) -> bool:
         """The result of a condition. Raises CelEvalError on an error or a non-bool result."""
         try:
-            value = self._expr.eval(activation._engine_handle())
+            value = self._expr.eval(activation._engine_handle(self.paths, self._key))
             result = value.value()
         except Exception as exc:
             raise CelEvalError(f"{self.source!r}: {exc}") from exc
@@ -450,7 +397,7 @@ class Compiler:
             if program is not None:
                 self._programs.move_to_end(key)
                 return program
-        program = Program(source, _compile(source))
+        program = Program(source, *_compile(source))
         with self._lock:
             existing = self._programs.get(key)
             if existing is not None:
@@ -469,7 +416,7 @@ def check(source: str, *, expect_bool: bool = True) -> None:
     bool nor dyn (``1 + 2``, ``"gpt-4o"``) is rejected too; a dyn result is checked
     when it is evaluated.
     """
-    expr = _compile(source)
+    expr, _ = _compile(source)
     if expect_bool:
         kind = expr.return_type().name()
         if kind not in ("BOOL", "DYN"):

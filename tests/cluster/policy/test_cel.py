@@ -523,12 +523,73 @@ def test_tuples_and_bytearrays_are_accepted(compiler: Compiler) -> None:
 )
 def test_activation_rejects_values_cel_cannot_hold(compiler: Compiler, ctx: dict[str, object], fragment: str) -> None:
     activation = Activation(ctx)
-    program = compiler.compile("true")
+    program = compiler.compile("size(ctx) >= 0")  # reads all of ctx
     for _ in range(2):
         with pytest.raises(CelEvalError, match=fragment):
             program.evaluate_bool(activation)
     with pytest.raises(CelEvalError, match=fragment):
         program.evaluate(activation)
+
+
+def test_a_value_cel_cannot_hold_fails_only_the_programs_that_read_it(compiler: Compiler) -> None:
+    activation = Activation(make_ctx(**{f"{BODY}__s": {1, 2}}))
+    assert compiler.compile("true").evaluate_bool(activation) is True
+    assert compiler.compile(SEED_GROUPS).evaluate_bool(activation) is True
+    assert compiler.compile(SEED_ROUTE).evaluate_bool(activation) is True  # bodyMap.model, not bodyMap.s
+    with pytest.raises(CelEvalError, match="set"):
+        compiler.compile("size(ctx.request.http.bodyMap) > 0").evaluate_bool(activation)
+
+
+@pytest.mark.parametrize(
+    ("source", "paths"),
+    [
+        ("true", {}),
+        (SEED_ROUTE, {"request": {"http": {"bodyMap": {"model": None}}}}),
+        (SEED_GROUPS, {"user": {"spec": {"groups": None}}}),
+        (
+            'has(ctx.request.http.headers.x) && ctx.request.http.headers.x == "1" && ctx.request.ip != ""',
+            {"request": {"http": {"headers": {"x": None}}, "ip": None}},
+        ),
+        (
+            "ctx.request.http.bodyMap.messages.all(m, m.role == 'user')",
+            {"request": {"http": {"bodyMap": {"messages": None}}}},
+        ),
+        ("ctx.request.http.bodyMap['model'] == 'x'", {"request": {"http": {"bodyMap": None}}}),
+        ("ctx.user.metadata.name == 'a' || ctx.user.metadata == {}", {"user": {"metadata": None}}),
+        ("size(ctx) > 0", None),
+        ("ctx['user'].metadata.name == 'alice'", None),
+    ],
+)
+def test_a_program_knows_the_ctx_paths_it_reads(compiler: Compiler, source: str, paths: object) -> None:
+    assert compiler.compile(source).paths == paths
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        SEED_GROUPS,
+        SEED_MESSAGES,
+        SEED_MODEL_IN,
+        SEED_TEMPERATURE,
+        SEED_ROUTE,
+        SEED_METHOD_PATH,
+        "has(ctx.request.http.bodyMap.nope) || ctx.request.http.bodyMap.nope == 1",
+        "ctx.request.http.bodyMap.messages.exists(m, m.content == 'hi') && ctx.time.startsWith('2026')",
+        "ctx.session.spec.type == 'CLIENT' && !ctx.service.spec.isPublic && ctx.request.http.body.size() > 3",
+        "ctx.user.missing.deeper == 1",
+    ],
+)
+def test_the_parts_a_program_reads_decide_as_the_whole_ctx_does(compiler: Compiler, source: str) -> None:
+    projected = compiler.compile(source)
+    whole = Program(source, projected._expr)
+    assert whole.paths is None and projected.paths is not None
+    outcomes = []
+    for program in (projected, whole):
+        try:
+            outcomes.append(program.evaluate(Activation(make_ctx())))
+        except CelEvalError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
 
 
 def test_activation_leaves_ctx_unchanged(compiler: Compiler) -> None:

@@ -314,8 +314,12 @@ def test_an_erroring_deny_rule_still_denies(compiler: cel.Compiler) -> None:
 
 def test_a_ctx_cel_cannot_hold_is_a_condition_error(compiler: cel.Compiler) -> None:
     bad = make_ctx(time={1.5: "x"})
-    decision = evaluate(rules(f"rules: [{{effect: ALLOW, condition: {{{T}}}}}]", compiler), EvalInput(bad))
+    reads_time = "match: ctx.time != ''"
+    decision = evaluate(rules(f"rules: [{{effect: ALLOW, condition: {{{reads_time}}}}}]", compiler), EvalInput(bad))
     assert (decision.reason, decision.rule) == (ERROR, ref("rules[0]"))
+    # A condition is handed only the ctx parts it names: one that never reads ctx.time is unaffected.
+    decision = evaluate(rules(f"rules: [{{effect: ALLOW, condition: {{{T}}}}}]", compiler), EvalInput(bad))
+    assert (decision.reason, decision.rule) == (Reason.RULE_MATCH, ref("rules[0]"))
 
 
 # --- merging service, user and group sets -----------------------------------------------------------------

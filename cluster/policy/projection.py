@@ -1,0 +1,58 @@
+"""Which parts of ctx a condition reads, so that only those are converted for its engine.
+
+A condition compiled from CEL or Rego names ctx fields by static paths
+(``ctx.request.http.bodyMap.model``, ``input.ctx.user.spec.groups``). At compile time
+cel.py and rego.py collect those paths into a ``Paths`` tree; at request time
+``project(ctx, paths)`` copies only the maps along them, so a rule that never names
+``bodyMap`` never pays for converting a large body. A path ends where the expression
+stops selecting fields by name (an index, a function call, a comparison, iteration);
+below that end the value is kept whole, so the condition sees exactly what it would
+see in the full ctx. ``None`` as a tree means "all of ctx".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeAlias
+
+__all__ = ["ALL", "Paths", "add_path", "key", "project"]
+
+Paths: TypeAlias = "dict[str, Paths | None] | None"
+"""Field name -> the paths below it (None: that field whole); None at the top: all of ctx."""
+
+ALL: Paths = None
+
+
+def add_path(paths: dict[str, Paths | None], path: Iterable[str]) -> bool:
+    """Add ``path`` (field names under ctx) to ``paths`` in place; False when the path is empty (all of ctx)."""
+    fields = list(path)
+    if not fields:
+        return False
+    node = paths
+    for field in fields[:-1]:
+        child = node.setdefault(field, {})
+        if child is None:  # an ancestor is kept whole already
+            return True
+        node = child
+    node[fields[-1]] = None
+    return True
+
+
+def key(paths: Paths) -> object:
+    """A hashable form of ``paths``, equal for equal trees: requests share one conversion per key."""
+    if paths is None:
+        return None
+    return tuple(sorted((name, key(child)) for name, child in paths.items()))
+
+
+def project(value: Mapping[str, object], paths: Paths) -> Mapping[str, object]:
+    """The maps of ``value`` along ``paths`` (missing fields stay missing); ``value`` itself for ALL."""
+    if paths is None:
+        return value
+    out: dict[str, object] = {}
+    for name, child in paths.items():
+        if name not in value:
+            continue
+        item = value[name]
+        out[name] = project(item, child) if child is not None and isinstance(item, Mapping) else item
+    return out
