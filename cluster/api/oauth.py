@@ -1,17 +1,18 @@
-"""The cluster's own endpoints on `https://<domain>`: the OAuth2 token endpoint (client credentials,
-RFC 6749 §4.4), discovery metadata (RFC 8414 / OIDC) and the JWKS.
+"""The OAuth2 token endpoint (client credentials, RFC 6749 §4.4), discovery metadata (RFC 8414 / OIDC)
+and the JWKS, on `https://<domain>`.
 
-Token requests write a Session to the store (an admin-path write, not the proxy hot path) and wait until
-the resource cache has it, so the returned token works on the very next request.
+    POST /oauth2/token ─▶ client authentication (Basic or form, not both) ─▶ OAUTH2 Credential, User standing
+        ─▶ SessionService.open (CLIENTLESS; the credential's oldest Sessions beyond its cap are evicted)
+        ─▶ once every worker enforces it: a Bearer access token
+
+Errors are RFC 6749 §5.2 bodies (`{"error", "error_description"}`); a failed client authentication is 401
+with `WWW-Authenticate: Basic`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
@@ -19,54 +20,53 @@ from urllib.parse import unquote_plus
 import orjson
 from aiohttp import web
 
+from cluster.api.apex_log import Refused, oauth_error, route
+from cluster.errors import Unavailable
 from cluster.identity import credentials
-from cluster.identity.sessions import new_session
+from cluster.identity.sessions import CLIENTLESS_TTL, SessionService
 from cluster.identity.tokens import TokenService
-from cluster.observability.accesslog import AccessLog
 from cluster.resources.credential import Credential, CredentialType
-from cluster.resources.session import Session, SessionType
+from cluster.resources.session import SessionType
 from cluster.resources.user import User
-from cluster.store import Create, Delete, Op, Store
 from cluster.store.cache import ResourceCache
 
-log = logging.getLogger(__name__)
 
-ApexRoute = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-class OAuthError(Exception):
+class OAuthError(Refused):
+    """A refused token request: `description` goes to the client, `reason` (more detail) to the log."""
+
     def __init__(self, status: int, error: str, description: str, log_reason: str | None = None) -> None:
-        super().__init__(description)
+        super().__init__(log_reason or description)
         self.status, self.error, self.description = status, error, description
-        self.log_reason = log_reason or description
+        self.realm = ""
+
+    def response(self) -> web.StreamResponse:
+        headers = {"WWW-Authenticate": f'Basic realm="{self.realm}"'} if self.status == 401 else None
+        return oauth_error(self.status, self.error, self.description, headers)
 
 
-class ApexEndpoints:
-    """Handlers for the bare cluster domain, dispatched by path."""
+class TokenEndpoint:
+    """The OAuth2 authorization server of the cluster (see the module docstring)."""
 
     def __init__(
-        self,
-        *,
-        domain: str,
-        base_url: str,
-        store: Store,
-        cache: ResourceCache,
-        tokens: TokenService,
-        access_log: AccessLog,
-        node: str,
+        self, *, domain: str, base_url: str, cache: ResourceCache, tokens: TokenService, sessions: SessionService
     ) -> None:
         self._domain = domain
         self._base = base_url
-        self._store = store
         self._cache = cache
         self._tokens = tokens
-        self._log = access_log
-        self._node = node
-        self.extra_routes: dict[tuple[str, str], ApexRoute] = {}
+        self._sessions = sessions
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            route("POST", "/oauth2/token", "token", self.token),
+            route("GET", "/.well-known/openid-configuration", "discovery", self._metadata),
+            route("GET", "/.well-known/oauth-authorization-server", "discovery-oauth", self._metadata),
+            route("GET", "/oauth2/jwks", "jwks", self._jwks),
+        ]
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -82,27 +82,44 @@ class ApexEndpoints:
             "scopes_supported": ["openid"],
         }
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.path
-        if path == "/oauth2/token":
-            if request.method != "POST":
-                return _json({"error": "invalid_request", "error_description": "use POST"}, 405, {"Allow": "POST"})
-            return await self.token(request)
-        if request.method == "GET" and path in (
-            "/.well-known/openid-configuration",
-            "/.well-known/oauth-authorization-server",
-        ):
-            return _json(self.metadata())
-        if request.method == "GET" and path == "/oauth2/jwks":
-            return _json({"keys": [self._tokens.key.jwk()]})
-        if request.method == "GET" and path == "/healthz":
-            return _json({"status": "ok"})
-        route = self.extra_routes.get((request.method, path))
-        if route is not None:
-            return await route(request)
-        return _json({"error": "not_found", "error_description": f"no endpoint {path}"}, 404)
+    async def _metadata(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
+        return _json(self.metadata())
 
-    async def _client_auth(self, request: web.BaseRequest, form: dict[str, str]) -> tuple[str, str]:
+    async def _jwks(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
+        return _json({"keys": [self._tokens.key.jwk()]})
+
+    async def token(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
+        try:
+            return await self._token(request, entry)
+        except OAuthError as exc:
+            exc.realm = self._domain
+            raise
+
+    async def _token(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
+        if not request.content_type.startswith("application/x-www-form-urlencoded"):
+            raise OAuthError(400, "invalid_request", "the body must be application/x-www-form-urlencoded")
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        client_id, secret = self._client_auth(request, form)
+        entry["credential"] = client_id[:64]
+        if form.get("grant_type") != "client_credentials":
+            raise OAuthError(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
+        credential = self._verify_client(client_id, secret)
+        entry["user"] = credential.spec.user
+        try:
+            session = await self._sessions.open(
+                credential.spec.user, SessionType.CLIENTLESS, CLIENTLESS_TTL, credential=credential
+            )
+        except Unavailable as exc:
+            raise OAuthError(503, "temporarily_unavailable", "try again shortly", str(exc)) from None
+        ttl = max(1.0, (session.spec.expires_at - datetime.now(UTC)).total_seconds())
+        token, _ = self._tokens.issue(session.metadata.name, credential.spec.user, ttl)
+        entry["session"] = session.metadata.name
+        body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": int(ttl)}
+        if form.get("scope"):
+            body["scope"] = form["scope"]
+        return _json(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _client_auth(self, request: web.Request, form: dict[str, str]) -> tuple[str, str]:
         header = request.headers.get("Authorization", "")
         posted = "client_secret" in form
         if header:
@@ -138,49 +155,3 @@ class ApexEndpoints:
         if problem is not None or credential is None:
             raise OAuthError(401, "invalid_client", "client authentication failed", problem)
         return credential
-
-    async def token(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = datetime.now(UTC)
-        entry: dict[str, Any] = {
-            "time": started.isoformat(),
-            "node": self._node,
-            "listener": "public",
-            "method": request.method,
-            "path": request.path,
-            "remote": request.remote,
-        }
-        try:
-            if not request.content_type.startswith("application/x-www-form-urlencoded"):
-                raise OAuthError(400, "invalid_request", "the body must be application/x-www-form-urlencoded")
-            form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-            client_id, secret = await self._client_auth(request, form)
-            entry["credential"] = client_id[:64]
-            if form.get("grant_type") != "client_credentials":
-                raise OAuthError(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
-            credential = self._verify_client(client_id, secret)
-            entry["user"] = credential.spec.user
-            session = await self._create_session(credential)
-            ttl = max(1.0, (session.spec.expires_at - datetime.now(UTC)).total_seconds())
-            token, _ = self._tokens.issue(session.metadata.name, credential.spec.user, ttl)
-            entry.update(session=session.metadata.name, status=200)
-            body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": int(ttl)}
-            if form.get("scope"):
-                body["scope"] = form["scope"]
-            return _json(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-        except OAuthError as exc:
-            entry.update(status=exc.status, reason=exc.log_reason)
-            headers = {"Cache-Control": "no-store"}
-            if exc.status == 401:
-                headers["WWW-Authenticate"] = f'Basic realm="{self._domain}"'
-            return _json({"error": exc.error, "error_description": exc.description}, exc.status, headers)
-        finally:
-            self._log.write(entry)
-
-    async def _create_session(self, credential: Credential) -> Session:
-        existing = [s for s in self._cache.list_kind("Session") if isinstance(s, Session)]
-        session, evict = new_session(credential, SessionType.CLIENTLESS, existing)
-        ops: list[Op] = [Create(session), *(Delete("Session", s.metadata.name) for s in evict)]
-        (stored, *_) = await self._store.commit(ops)
-        assert isinstance(stored, Session)
-        await asyncio.wait_for(self._cache.wait_for(int(stored.metadata.resource_version or 0)), 5)
-        return stored

@@ -1,10 +1,11 @@
-"""The `wardgate` client's endpoints on `https://<domain>/v1/client/...` (registered on the apex handler).
+"""The `wardgate` client's endpoints on `https://<domain>/v1/client/...` (routes of the bare-domain app).
 
-    login    AUTH_TOKEN credential ─▶ CLIENT Session (store, then the cache has it) ─▶ access + refresh tokens
+    login    AUTH_TOKEN credential ─▶ SessionService.open (CLIENT; the credential's oldest Sessions beyond its
+             cap are evicted) ─▶ access + refresh tokens
     refresh  refresh token ─▶ the Session still stands ─▶ a new access token
     connect  Bearer ─▶ AddressAllocator.bind(session, WireGuard key) ─▶ addresses, network, nodes
              (the node agents see the Session change on their watch stream and add the peer)
-    disconnect (key cleared: the peer goes; the addresses stay with the Session) · logout (Session deleted)
+    disconnect (key cleared: the peer goes; the addresses stay with the Session) · logout (Session revoked)
     session, services: what `wardgate status` shows
 
 Refresh tokens are JWTs of a second TokenService whose issuer and audience differ from the access tokens',
@@ -13,24 +14,20 @@ so neither is accepted as the other; revoking the Session ends both. Every call 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from cluster.api.apex_log import logged
-from cluster.api.errors import error_response, to_response
-from cluster.errors import Invalid, NotFound, Unauthenticated, Unavailable, WardgateError
+from cluster.api.apex_log import route
+from cluster.api.errors import error_response
+from cluster.errors import Invalid, Unauthenticated, Unavailable
 from cluster.identity import credentials
 from cluster.identity.addresses import AddressAllocator, TunnelSettings, session_is_live
 from cluster.identity.authenticate import Authenticator, Identity
-from cluster.identity.sessions import new_session
+from cluster.identity.sessions import SessionService
 from cluster.identity.tokens import TokenService
-from cluster.observability.accesslog import AccessLog
 from cluster.resources.credential import Credential, CredentialType
 from cluster.resources.node import Node
 from cluster.resources.service import Service
@@ -47,11 +44,8 @@ from cluster.resources.wire import (
     SessionInfo,
     TokenGrant,
 )
-from cluster.store import Create, Delete, Op, Store
 from cluster.store.cache import ResourceCache
 
-ApexRoute = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-Step = Callable[[web.BaseRequest, dict[str, Any]], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 PREFIX = "/v1/client"
 MAX_BODY = 64 * 1024
@@ -72,50 +66,37 @@ class ClientAccess:
         self,
         *,
         domain: str,
-        store: Store,
         cache: ResourceCache,
         authenticator: Authenticator,
         tokens: TokenService,
         refresh_tokens: TokenService,
+        sessions: SessionService,
         allocator: AddressAllocator,
         settings: TunnelSettings,
-        access_log: AccessLog,
         node: str,
     ) -> None:
         self._domain = domain
-        self._store = store
         self._cache = cache
         self._auth = authenticator
         self._tokens = tokens
         self._refresh = refresh_tokens
+        self._sessions = sessions
         self._allocator = allocator
         self._settings = settings
-        self._log = access_log
         self._node = node
 
-    def register(self, routes: MutableMapping[tuple[str, str], ApexRoute]) -> None:
-        steps: dict[tuple[str, str], tuple[str, Step]] = {
-            ("POST", "login"): ("client-login", self._login),
-            ("POST", "refresh"): ("client-refresh", self._refresh_token),
-            ("POST", "connect"): ("client-connect", self._connect),
-            ("POST", "disconnect"): ("client-disconnect", self._disconnect),
-            ("POST", "logout"): ("client-logout", self._logout),
-            ("GET", "session"): ("client-session", self._session),
-            ("GET", "services"): ("client-services", self._services),
-        }
-        for (method, name), (event, step) in steps.items():
-            routes[(method, f"{PREFIX}/{name}")] = self._logged(event, step)
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            route("POST", f"{PREFIX}/login", "client-login", self._login),
+            route("POST", f"{PREFIX}/refresh", "client-refresh", self._refresh_token),
+            route("POST", f"{PREFIX}/connect", "client-connect", self._connect),
+            route("POST", f"{PREFIX}/disconnect", "client-disconnect", self._disconnect),
+            route("POST", f"{PREFIX}/logout", "client-logout", self._logout),
+            route("GET", f"{PREFIX}/session", "client-session", self._session),
+            route("GET", f"{PREFIX}/services", "client-services", self._services),
+        ]
 
-    def _logged(self, event: str, step: Step) -> ApexRoute:
-        def refusal(exc: Exception) -> web.StreamResponse | None:
-            return to_response(exc) if isinstance(exc, WardgateError) else None
-
-        async def handle(request: web.BaseRequest) -> web.StreamResponse:
-            return await logged(self._log, self._node, self._domain, event, request, step, refusal)
-
-        return handle
-
-    async def _body(self, request: web.BaseRequest, model: type[M]) -> M:
+    async def _body(self, request: web.Request, model: type[M]) -> M:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise Invalid("the request body is too large")
         raw = await request.content.read(MAX_BODY + 1)
@@ -130,7 +111,7 @@ class ClientAccess:
             ]
             raise Invalid("invalid request body: " + "; ".join(problems), problems) from None
 
-    def _caller(self, request: web.BaseRequest, entry: dict[str, Any]) -> Session:
+    def _caller(self, request: web.Request, entry: dict[str, Any]) -> Session:
         """The caller's CLIENT Session, from its Bearer access token."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -160,7 +141,7 @@ class ClientAccess:
             refresh_token=refresh,
         )
 
-    async def _login(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+    async def _login(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         body = await self._body(request, LoginRequest)
         name = credentials.credential_name(body.auth_token)
         entry["credential"] = name
@@ -178,18 +159,16 @@ class ClientAccess:
                 401, "unauthenticated", "the auth token is not valid (ask your administrator for a new one)"
             )
         entry["user"] = credential.spec.user
-        existing = [s for s in self._cache.list_kind("Session") if isinstance(s, Session)]
-        session, evict = new_session(
-            credential, SessionType.CLIENT, existing, ttl=timedelta(seconds=self._settings.session_ttl)
+        stored = await self._sessions.open(
+            credential.spec.user,
+            SessionType.CLIENT,
+            timedelta(seconds=self._settings.session_ttl),
+            credential=credential,
         )
-        ops: list[Op] = [Create(session), *(Delete("Session", s.metadata.name) for s in evict)]
-        (stored, *_) = await self._store.commit(ops)
-        assert isinstance(stored, Session)
-        await asyncio.wait_for(self._cache.wait_for(int(stored.metadata.resource_version or 0)), 5)
         entry["session"] = stored.metadata.name
         return _json(self._grant(stored, with_refresh=True))
 
-    async def _refresh_token(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+    async def _refresh_token(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         body = await self._body(request, RefreshRequest)
         claims = self._refresh.verify(body.refresh_token)
         entry.update(user=claims.user, session=claims.session)
@@ -202,7 +181,7 @@ class ClientAccess:
         self._auth.from_token(grant.access_token)
         return _json(grant)
 
-    async def _connect(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+    async def _connect(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         session = self._caller(request, entry)
         body = await self._body(request, ConnectRequest)
         nodes = self._nodes()
@@ -236,20 +215,17 @@ class ClientAccess:
             for n in nodes
         ]
 
-    async def _disconnect(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+    async def _disconnect(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         session = self._caller(request, entry)
         await self._allocator.bind(session.metadata.name, None)
         return web.json_response({"session": session.metadata.name, "connected": False})
 
-    async def _logout(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+    async def _logout(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         session = self._caller(request, entry)
-        with contextlib.suppress(NotFound):
-            await self._store.commit([Delete("Session", session.metadata.name)])
-        revision = await self._store.revision()
-        await asyncio.wait_for(self._cache.wait_for(revision), 5)
+        await self._sessions.revoke(session.metadata.name)
         return web.json_response({"session": session.metadata.name, "deleted": True})
 
-    async def _session(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+    async def _session(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         session = self._caller(request, entry)
         spec = session.spec
         return _json(
@@ -264,7 +240,7 @@ class ClientAccess:
             )
         )
 
-    async def _services(self, request: web.BaseRequest, entry: dict[str, Any]) -> web.StreamResponse:
+    async def _services(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         self._caller(request, entry)
         network = self._settings.network(self._domain)
         port = "" if network.http_port == 80 else f":{network.http_port}"

@@ -2,6 +2,7 @@
 
     connect ─▶ AddressAllocator.bind(session, key)
                ─▶ pick a free IPv4 and IPv6 from the cache ─▶ commit [lease(s), Session update] atomically
+               ─▶ Propagation.settle: every worker enforces it (the agents see the key on their watch)
                ─▶ Conflict (another commit took the address, or changed the Session) ─▶ catch up, pick again
     tunnel request ─▶ TunnelIdentities.identify(source address) ─▶ the live CLIENT Session holding it
 
@@ -32,6 +33,7 @@ from cluster.resources.user import User
 from cluster.resources.wire import TunnelNetwork
 from cluster.store import Create, Op, Store, Update
 from cluster.store.cache import ResourceCache
+from cluster.store.propagation import Propagation
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +118,17 @@ def _standing_problem(cache: ResourceCache, session: Session) -> str | None:
 class AddressAllocator:
     """Gives CLIENT Sessions their tunnel addresses and records their WireGuard key (see the module docstring)."""
 
-    def __init__(self, store: Store, cache: ResourceCache, settings: TunnelSettings, attempts: int = 32) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: ResourceCache,
+        propagation: Propagation,
+        settings: TunnelSettings,
+        attempts: int = 32,
+    ) -> None:
         self._store = store
         self._cache = cache
+        self._propagation = propagation
         self._settings = settings
         self._attempts = attempts
 
@@ -155,7 +165,7 @@ class AddressAllocator:
                 continue
             stored = results[-1]
             assert isinstance(stored, Session)
-            await asyncio.wait_for(self._cache.wait_for(int(stored.metadata.resource_version or 0)), 5)
+            await self._propagation.settle(int(stored.metadata.resource_version or 0))
             return stored
         raise Unavailable(f"could not allocate tunnel addresses for session {name!r}: too many concurrent changes")
 
@@ -169,8 +179,7 @@ class AddressAllocator:
         )
 
     async def _catch_up(self, attempt: int) -> None:
-        revision = await self._store.revision()
-        await asyncio.wait_for(self._cache.wait_for(revision), 5)
+        await self._propagation.settle(await self._store.revision())
         await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
 
     def _claim(self, version: int, session: Session, attempt: int) -> tuple[str, Op]:

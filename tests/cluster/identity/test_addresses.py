@@ -19,6 +19,7 @@ from cluster.resources.user import User
 from cluster.store import Create, Delete, Store, Update
 from cluster.store.cache import ResourceCache
 from cluster.store.memory import MemoryStore
+from cluster.store.propagation import LocalPropagation
 from cluster.store.sqlite import SQLiteStore
 from tests.factories import make_user
 
@@ -46,7 +47,7 @@ class Node:
     def __init__(self, store: Store, settings: TunnelSettings = SETTINGS) -> None:
         self.store = store
         self.cache = ResourceCache(store)
-        self.allocator = AddressAllocator(store, self.cache, settings)
+        self.allocator = AddressAllocator(store, self.cache, LocalPropagation(self.cache), settings)
         self._follower: asyncio.Task[None] | None = None
 
     async def start(self, tasks: asyncio.TaskGroup) -> None:
