@@ -315,7 +315,7 @@ def test_rego_cpp_compares_strings_in_escaped_form() -> None:
     ],
 )
 def test_values_rego_cannot_hold_fail_the_evaluation(ctx: dict[str, Any], message: str) -> None:
-    program = compile_rego(module('allow if { input.ctx.model == "gpt-4o" }'))
+    program = compile_rego(module("allow if { input.ctx.x == input.ctx.model }"))
     document = RegoInput({"ctx": ctx})
     for _ in range(2):  # the error is kept, not recomputed into something else
         with pytest.raises(RegoEvalError, match=message) as info:
@@ -379,9 +379,11 @@ def test_a_heavy_comprehension_is_cut_off_at_the_time_limit() -> None:
     with pytest.raises(RegoTimeoutError, match="still running"):
         program.allow({"ctx": {"m": []}}, time_limit=0.02)
     assert time.perf_counter() - started < 0.5
-    # The abandoned input stays with its query.
+    # The abandoned input stays with its query: a program reading the same parts refuses it,
+    # one reading other parts gets its own input.
     with pytest.raises(RegoEvalError, match="overran its time limit"):
-        compile_rego(module("allow := true")).allow(document)
+        compile_rego(module("allow if { count(input.ctx.m) >= 0 }")).allow(document)
+    assert compile_rego(module("allow := true")).allow(document) is True
 
     wait_until_free(program)
     assert program.allow({"ctx": {"m": [1]}}) is True
@@ -446,3 +448,67 @@ def test_compile_errors_are_not_cached() -> None:
     for _ in range(2):
         with pytest.raises(RegoCompileError):
             compile_rego("package t\nallow if {\n")
+
+
+# --- the parts of ctx a module reads --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "paths"),
+    [
+        ("allow := true", {}),
+        (
+            'allow if { input.ctx.request.http.bodyMap.model == "x" }',
+            {"request": {"http": {"bodyMap": {"model": None}}}},
+        ),
+        (
+            'allow if {\n  some g in input.ctx.user.spec.groups\n  g == "dev"\n'
+            '  input.ctx.user.spec.groups[0] != ""\n}',
+            {"user": {"spec": {"groups": None}}},
+        ),
+        ("allow if { input.ctx.user; input.ctx.user.metadata.name }", {"user": None}),
+        ('allow if { input.ctx["user"] }', None),
+        ("allow if { x := input; x.ctx.user }", None),
+        ("allow if { input.ctx[k]; k }", None),
+        ('allow if { other with input as {"ctx": {}} }\nother := true', None),
+    ],
+)
+def test_a_module_knows_the_ctx_paths_it_reads(body: str, paths: object) -> None:
+    assert compile_rego(module(body)).paths == paths
+
+
+def test_a_module_that_never_reads_the_body_never_converts_it() -> None:
+    document = RegoInput(seed_input(values=list(range(rego.MAX_INPUT_VALUES * 2)), bad=float("nan")))
+    assert compile_rego(module('allow if { "dev" in input.ctx.user.spec.groups }')).allow(document) is True
+    assert compile_rego(SEED).allow(document) is True  # reads bodyMap.model and .temperature only
+    with pytest.raises(RegoEvalError) as info:
+        compile_rego(module("allow if { count(input.ctx.request.http.bodyMap) > 0 }")).allow(document)
+    assert info.value.code == rego.INPUT_TOO_LARGE
+
+
+def test_an_input_over_the_value_cap_fails_closed() -> None:
+    program = compile_rego(module("allow if { count(input.ctx.m) >= 0 }"))
+    assert program.allow({"ctx": {"m": list(range(rego.MAX_INPUT_VALUES - 10))}}) is True
+    with pytest.raises(RegoEvalError, match="more than 20000 values") as info:
+        program.allow({"ctx": {"m": list(range(rego.MAX_INPUT_VALUES))}})
+    assert info.value.code == rego.INPUT_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        SEED.split("\n", 2)[2],
+        "allow if { input.ctx.request.http.bodyMap.missing == 1 }\n"
+        'allow if { input.ctx.user.metadata.name == "alice" }',
+        "allow if { count(input.ctx.request.http.bodyMap.messages) == 3; not input.ctx.request.http.bodyMap.stream }",
+        "allow if { input.ctx.user.spec.groups[_] == input.ctx.request.http.bodyMap.model }",
+    ],
+)
+def test_the_parts_a_module_reads_decide_as_the_whole_input_does(body: str) -> None:
+    source = body if body.startswith("package") else module(body)
+    projected = compile_rego(source)
+    assert projected.paths is not None
+    whole = compile_rego(source + "\nnever_used := input\n")  # any bare `input` hands over everything
+    assert whole.paths is None
+    for changes in ({}, {"model": "dev"}, {"temperature": 0.9}):
+        assert projected.allow(seed_input(**changes)) == whole.allow(seed_input(**changes))
