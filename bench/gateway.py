@@ -5,7 +5,9 @@ directory), applies two public Services, and runs wrk against: the provider dire
 Wardgate with an empty pipeline (authentication + an allow-all rule), and Wardgate with the full
 pipeline (OAuth2 access token, a my-api-like CEL policy, a dynamic-config rule, a small Lua plugin,
 secret injection, the access log to a file). Prints latency p50/p99 at c=1 and throughput at c=32 and
-c=128, for JSON and SSE answers, each with its ratio to the direct path, plus peak RSS.
+c=128, for JSON and SSE answers, each with its ratio to the direct path, plus peak RSS. --soak N adds
+N seconds of load on the full pipeline, printing the gateway's RSS every 30 s, and exits 1 when RSS
+grows more than 10 % between the end of the first minute and the end.
 
     .venv/bin/python bench/gateway.py [--duration 10] [--workers 1,2] [--soak 600]
 """
@@ -23,6 +25,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -358,8 +361,8 @@ def main() -> int:
                 f"  workers={n}: {result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:.2f} ms  "
                 f"errors {result.errors}"
             )
-        if args.soak > 0:
-            soak(clusters[worker_counts[-1]], args.soak, root)
+        if args.soak > 0 and not soak(clusters[worker_counts[-1]], args.soak, root):
+            return 1
         return 0
     finally:
         for c in clusters.values():
@@ -369,16 +372,55 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def soak(cluster: Cluster, seconds: float, root: Path) -> None:
+SOAK_SAMPLE_EVERY = 30.0
+SOAK_WARMUP = 60.0
+SOAK_MAX_GROWTH = 0.10
+
+
+def soak(cluster: Cluster, seconds: float, root: Path) -> bool:
+    """A continuous wrk run on the full pipeline, the gateway's RSS printed every 30 s.
+
+    False (the bench exits 1) when RSS at the end exceeds RSS at the end of the first
+    minute (the warm-up: caches, arenas, connection pools) by more than 10 %.
+    """
     url = f"https://127.0.0.1:{cluster.public_port}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {cluster.token}", "Content-Type": "application/json", "Host": f"full.{DOMAIN}"}
-    start = rss_kib(cluster.pids(), "VmRSS")
-    result = run_wrk(url, headers, BODY, 32, seconds, root)
+    samples: list[tuple[float, int]] = [(0.0, rss_kib(cluster.pids(), "VmRSS"))]
+    print(f"\nSoak {seconds:.0f} s, full pipeline, c=32; gateway RSS every {SOAK_SAMPLE_EVERY:.0f} s:")
+    print(f"  t=   0 s  RSS {samples[0][1] / 1024:7.1f} MiB")
+    done = threading.Event()
+    started = time.monotonic()
+
+    def sample() -> None:
+        while not done.wait(SOAK_SAMPLE_EVERY - (time.monotonic() - started) % SOAK_SAMPLE_EVERY):
+            at, kib = time.monotonic() - started, rss_kib(cluster.pids(), "VmRSS")
+            samples.append((at, kib))
+            print(f"  t={at:4.0f} s  RSS {kib / 1024:7.1f} MiB", flush=True)
+
+    sampler = threading.Thread(target=sample, name="soak-rss", daemon=True)
+    sampler.start()
+    try:
+        result = run_wrk(url, headers, BODY, 32, seconds, root)
+    finally:
+        done.set()
+        sampler.join()
     end = rss_kib(cluster.pids(), "VmRSS")
+    samples.append((time.monotonic() - started, end))
     print(
-        f"\nSoak {seconds:.0f} s, full pipeline, c=32: {result.requests} requests, {result.errors} errors, "
-        f"{result.requests_per_second:.0f} req/s; RSS {start / 1024:.1f} MiB at start, {end / 1024:.1f} MiB at end"
+        f"  {result.requests} requests, {result.errors} errors, {result.requests_per_second:.0f} req/s; "
+        f"RSS {samples[0][1] / 1024:.1f} MiB at start, {end / 1024:.1f} MiB at end"
     )
+    warm = [kib for at, kib in samples if at >= SOAK_WARMUP]
+    if len(warm) < 2:
+        print(f"  RSS growth not checked: the soak must run past the {SOAK_WARMUP:.0f} s warm-up (e.g. SOAK=300)")
+        return True
+    growth = (end - warm[0]) / warm[0]
+    verdict = f"RSS grew {growth * 100:+.1f} % from the end of the warm-up ({warm[0] / 1024:.1f} MiB) to the end"
+    if growth > SOAK_MAX_GROWTH:
+        print(f"  FAIL: {verdict}; the limit is {SOAK_MAX_GROWTH * 100:.0f} % (a leak?)")
+        return False
+    print(f"  ok: {verdict} (limit {SOAK_MAX_GROWTH * 100:.0f} %)")
+    return True
 
 
 def print_table(rows: list[tuple[str, str, str, WrkResult]], peak_kib: int) -> None:
