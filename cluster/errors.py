@@ -7,9 +7,13 @@ WardgateError
 ├── Unauthenticated no valid credential, token or session
 ├── Forbidden       authenticated, but a policy denies
 └── Unavailable     a dependency (the store file, an upstream) cannot serve now
+
+Refused is the table of request refusals (status, error type and code, public message).
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 
 class WardgateError(Exception):
@@ -40,3 +44,54 @@ class Forbidden(WardgateError):
 
 class Unavailable(WardgateError):
     pass
+
+
+class Refused(Enum):
+    """The one table of refusals: every way a request is turned away, with its status and what the caller is
+    told. The gateway renders these as OpenAI-style errors (its clients are LLM SDKs), the admin and
+    cluster endpoints as problem JSON; the reason for the access log is given beside, never shown."""
+
+    UNKNOWN_SERVICE = (404, "invalid_request_error", "not_found", "No service at this host.")
+    UNAUTHENTICATED = (401, "invalid_request_error", "invalid_api_key", "A valid Wardgate access token is required.")
+    NO_POLICIES = (403, "permission_denied", "forbidden", "Access denied.")
+    NO_TUNNEL_SESSION = (
+        403,
+        "permission_denied",
+        "no_session",
+        "No live Wardgate session holds this tunnel address.",
+    )
+    FORBIDDEN = (403, "permission_denied", "forbidden", "Access denied by policy.")
+    BAD_PATH = (400, "invalid_request_error", "invalid_path", "Invalid request path.")
+    BAD_REQUEST = (400, "invalid_request_error", "bad_request", "The request is malformed.")
+    METHOD_NOT_ALLOWED = (405, "invalid_request_error", "method_not_allowed", "This method is not allowed.")
+    TOO_LARGE = (413, "invalid_request_error", "request_too_large", "The request body is too large.")
+    TOO_LARGE_TO_INSPECT = (
+        413,
+        "invalid_request_error",
+        "request_too_large",
+        "The request body is larger than this service inspects for its policies and plugins.",
+    )
+    NO_ROUTE = (404, "invalid_request_error", "no_route", "No upstream for this request.")
+    PLUGIN_FAILED = (500, "server_error", "plugin_failed", "The gateway could not process this request.")
+    UPSTREAM_AUTH = (
+        500,
+        "server_error",
+        "upstream_auth_unavailable",
+        "The gateway could not authenticate to the upstream.",
+    )
+    UPSTREAM_TIMEOUT = (504, "server_error", "upstream_timeout", "The upstream did not answer in time.")
+    UPSTREAM_UNREACHABLE = (502, "server_error", "upstream_unreachable", "The upstream is unreachable.")
+    UPSTREAM_FAILED = (502, "server_error", "upstream_unreachable", "The upstream failed.")
+    UPSTREAM_TOO_LARGE = (502, "server_error", "upstream_response_too_large", "The upstream response is too large.")
+    NOT_ON_TUNNEL = (
+        404,
+        "invalid_request_error",
+        "not_found",
+        "The cluster's own endpoints are on https://<domain>, not the tunnel.",
+    )
+
+    def __init__(self, status: int, kind: str, code: str, message: str) -> None:
+        self.status = status
+        self.kind = kind
+        self.code = code
+        self.message = message

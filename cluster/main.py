@@ -20,7 +20,6 @@ import ssl
 import subprocess
 import sys
 import warnings
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,31 +28,34 @@ import uvloop
 from aiohttp import web
 
 from cluster.api.agent import AgentApi
+from cluster.api.apex import ApexApp, make_apex_app
 from cluster.api.app import make_admin_app
 from cluster.api.login import BrowserLogin
-from cluster.api.oauth import ApexEndpoints
+from cluster.api.oauth import TokenEndpoint
 from cluster.api.user import ClientAccess
+from cluster.authorize.holder import StateHolder
+from cluster.authorize.offpath import AdminAccess, PolicyEvaluation
 from cluster.bootstrap import init_home
 from cluster.config import Home, base_url
 from cluster.errors import WardgateError
 from cluster.identity.addresses import AddressAllocator, TunnelIdentities, TunnelSettings
 from cluster.identity.authenticate import Authenticator
 from cluster.identity.janitor import expire_sessions
+from cluster.identity.oidc import OidcClient
+from cluster.identity.sessions import SessionService
 from cluster.identity.tokens import SigningKey, TokenService
 from cluster.observability.accesslog import AccessLog
 from cluster.observability.metrics import Metrics
 from cluster.observability.otlp import Exporter
-from cluster.plugins.registry import PluginBuilder
 from cluster.policy import cel, rego
-from cluster.proxy.authority import Authority
-from cluster.proxy.pipeline import GatewayState, build_state
-from cluster.proxy.server import Gateway, Telemetry
-from cluster.proxy.tunnel import TunnelGateway, TunnelListener
+from cluster.proxy.server import Gateway, Listener, Telemetry, bearer_or_cookie
+from cluster.proxy.tunnel import TunnelListener, tunnel_gateway
+from cluster.proxy.upstream import Upstream
 from cluster.resources.session import Session
-from cluster.store import Event
 from cluster.store.cache import ResourceCache
 from cluster.store.sealing import Sealer
 from cluster.store.sqlite import SQLiteStore
+from cluster.store.workers import NUDGE, BoardPropagation, WorkerBoard
 
 log = logging.getLogger("wardgate.cluster")
 
@@ -76,27 +78,6 @@ def server_ssl_context(home: Home) -> ssl.SSLContext:
     return context
 
 
-class StateHolder:
-    """The current GatewayState; cache changes mark it stale and the next request rebuilds it."""
-
-    def __init__(self, cache: ResourceCache, compiler: cel.Compiler) -> None:
-        self._cache = cache
-        self._compiler = compiler
-        self.plugins = PluginBuilder()
-        self._state = build_state(cache, compiler, self.plugins)
-        self._stale = False
-        cache.add_listener(self._mark)
-
-    def _mark(self, events: Sequence[Event]) -> None:
-        self._stale = True
-
-    def __call__(self) -> GatewayState:
-        if self._stale:
-            self._stale = False
-            self._state = build_state(self._cache, self._compiler, self.plugins)
-        return self._state
-
-
 def _session_counts(cache: ResourceCache) -> dict[str, int]:
     counts = {"CLIENT": 0, "CLIENTLESS": 0}
     for session in cache.list_kind("Session"):
@@ -110,7 +91,6 @@ def _tunnel_listener(
     domain: str,
     cache: ResourceCache,
     state: StateHolder,
-    authenticator: Authenticator,
     access_log: AccessLog,
     client: aiohttp.ClientSession,
     node: str,
@@ -119,16 +99,15 @@ def _tunnel_listener(
     if not settings.enabled:
         return None
     network = settings.network(domain)
-    gateway = TunnelGateway(
+    gateway = tunnel_gateway(
         zone=network.dns_zone,
         identities=TunnelIdentities(cache),
         state=state,
-        authenticator=authenticator,
+        upstream=Upstream(client, "http"),
         access_log=access_log,
-        client=client,
         node=node,
+        telemetry=telemetry,
     )
-    gateway.telemetry = telemetry
     addresses = [network.gateway_ipv4, network.gateway_ipv6]
     return TunnelListener(gateway.handle, settings.interface, addresses, settings.http_port)
 
@@ -154,11 +133,22 @@ def _host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = True) -> None:
+def board_path(home: Home) -> Path:
+    return home.root / "run" / "workers"
+
+
+async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, workers: int = 1) -> None:
     """Serve until SIGINT/SIGTERM. Every worker serves the public listener (SO_REUSEPORT); only the
-    primary also serves the admin API and runs the session janitor."""
+    primary (slot 0) also serves the admin API and runs the session janitor. Every worker claims a slot on
+    the worker board before it loads, so a write waits for all of them (store/workers.py)."""
+    primary = slot == 0
     settings = home.load()
     node = socket.gethostname()
+    # `run` makes the board before it spawns the other workers; a lone serve() makes its own.
+    path = board_path(home)
+    board = WorkerBoard(path, slot) if workers > 1 else WorkerBoard.create(path, 1)
+    board.claim()
+    propagation = BoardPropagation(board)
     store = SQLiteStore(home.path(settings.store.path), Sealer.from_file(home.store_key))
     cache = ResourceCache(store)
     await cache.load()
@@ -173,12 +163,21 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
     tokens = TokenService(SigningKey.from_file(home.signing_key), base_url(settings))
     authenticator = Authenticator(cache, tokens)
     compiler = cel.Compiler()
-    state = StateHolder(cache, compiler)
-    authority = Authority(state, cache, compiler, settings.admin.policies, settings.domain)
+    state = StateHolder(cache, compiler, settings.admin.policies)
+    state.add_listener(board.publish)
     tls = server_ssl_context(home)
 
     admin_app = make_admin_app(
-        store, cache, authenticator, authority, authority, access_log, check_expression, node, metrics
+        store,
+        cache,
+        propagation,
+        authenticator,
+        AdminAccess(state, settings.domain),
+        PolicyEvaluation(state, settings.domain),
+        access_log,
+        check_expression,
+        node,
+        metrics,
     )
     agents = AgentApi(cache, settings.tunnel, settings.domain)
     agents.install(admin_app)
@@ -192,54 +191,53 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
-    apex = ApexEndpoints(
-        domain=settings.domain,
-        base_url=base_url(settings),
-        store=store,
-        cache=cache,
-        tokens=tokens,
-        access_log=access_log,
-        node=node,
-    )
+    sessions = SessionService(store, cache, propagation)
     login = BrowserLogin(
         domain=settings.domain,
         base_url=base_url(settings),
-        store=store,
         cache=cache,
+        authenticator=authenticator,
         tokens=tokens,
-        access_log=access_log,
-        client=client,
-        node=node,
+        sessions=sessions,
+        oidc=OidcClient(client),
     )
-    login.register(apex.extra_routes)
-    ClientAccess(
+    client_access = ClientAccess(
         domain=settings.domain,
-        store=store,
         cache=cache,
         authenticator=authenticator,
         tokens=tokens,
         refresh_tokens=TokenService(SigningKey.from_file(home.signing_key), base_url(settings) + "/v1/client/refresh"),
-        allocator=AddressAllocator(store, cache, settings.tunnel),
+        sessions=sessions,
+        allocator=AddressAllocator(store, cache, propagation, settings.tunnel),
         settings=settings.tunnel,
-        access_log=access_log,
         node=node,
-    ).register(apex.extra_routes)
+    )
+    token_endpoint = TokenEndpoint(
+        domain=settings.domain, base_url=base_url(settings), cache=cache, tokens=tokens, sessions=sessions
+    )
+    apex = await ApexApp.start(
+        make_apex_app(
+            domain=settings.domain,
+            node=node,
+            access_log=access_log,
+            endpoints=[token_endpoint, login, client_access],
+        )
+    )
+    telemetry = Telemetry(metrics, exporter)
     gateway = Gateway(
         domain=settings.domain,
+        listener=Listener("public", "https", True, bearer_or_cookie(authenticator), login.login_url),
         state=state,
-        authenticator=authenticator,
+        upstream=Upstream(client, "https"),
         access_log=access_log,
-        client=client,
-        apex=apex.handle,
+        apex=apex,
         node=node,
-        login_url=login.login_url,
+        telemetry=telemetry,
     )
-    gateway.telemetry = telemetry = Telemetry(metrics, exporter)
     public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None)
-    tunnel = _tunnel_listener(
-        settings.tunnel, settings.domain, cache, state, authenticator, access_log, client, node, telemetry
-    )
+    tunnel = _tunnel_listener(settings.tunnel, settings.domain, cache, state, access_log, client, node, telemetry)
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(NUDGE, store.poke)
     public_host, public_port = _host_port(settings.public.listen)
     listener = await loop.create_server(public_server, public_host, public_port, ssl=tls, backlog=1024, reuse_port=True)
 
@@ -254,6 +252,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
     try:
         async with asyncio.TaskGroup() as tasks:
             follower = tasks.create_task(cache.follow())
+            rebuilder = tasks.create_task(state.rebuild_forever())
             janitor = tasks.create_task(expire_sessions(store, cache)) if primary else None
             tunnel_task = tasks.create_task(tunnel.run()) if tunnel is not None else None
             if primary:
@@ -269,6 +268,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
                 ready.set()
             await stop.wait()
             follower.cancel()
+            rebuilder.cancel()
             if janitor is not None:
                 janitor.cancel()
             if tunnel_task is not None:
@@ -280,11 +280,13 @@ async def serve(home: Home, ready: asyncio.Event | None = None, primary: bool = 
         if tunnel is not None:
             await tunnel.shutdown()
         await admin_runner.cleanup()
+        await apex.aclose()
         await client.close()
         await state.plugins.aclose()
         await store.close()
         await asyncio.to_thread(exporter.close)
         access_log.close()
+        board.close()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -293,12 +295,14 @@ def _run(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     warnings.filterwarnings("ignore", message="Sending a large body directly with raw bytes", category=ResourceWarning)
     children: list[subprocess.Popen[bytes]] = []
-    if args.workers > 1 and not args.secondary:
-        command = [sys.executable, "-m", "cluster", "run", "--home", str(home.root), "--secondary"]
-        children = [subprocess.Popen(command) for _ in range(args.workers - 1)]
+    if args.workers > 1 and args.slot == 0:
+        # The board must exist before a secondary maps it: the primary makes it before spawning.
+        WorkerBoard.create(board_path(home), args.workers).close()
+        command = [sys.executable, "-m", "cluster", "run", "--home", str(home.root), "--slot"]
+        children = [subprocess.Popen([*command, str(slot)]) for slot in range(1, args.workers)]
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            uvloop.run(serve(home, primary=not args.secondary))
+            uvloop.run(serve(home, slot=args.slot, workers=args.workers))
     finally:
         for child in children:
             child.terminate()
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="serve a cluster home")
     p_run.add_argument("--home", required=True)
     p_run.add_argument("--workers", type=int, default=1, help="processes serving the public listener")
-    p_run.add_argument("--secondary", action="store_true", help=argparse.SUPPRESS)
+    p_run.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)
     p_run.set_defaults(func=_run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -73,7 +73,9 @@ class RunningCluster:
         return path.read_text().splitlines() if path.exists() else []
 
 
-def start_cluster(home: Path, domain: str = "wardgate.test", extra_settings: str = "") -> RunningCluster:
+def start_cluster(
+    home: Path, domain: str = "wardgate.test", extra_settings: str = "", workers: int = 1
+) -> RunningCluster:
     """Init and run a cluster; `extra_settings` (TOML tables) is appended to cluster.toml before it starts."""
     port = free_port()
     public_port = free_port()
@@ -100,7 +102,9 @@ def start_cluster(home: Path, domain: str = "wardgate.test", extra_settings: str
     log_path = home.parent / f"{home.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(BIN / "wardgate-cluster"), "run", "--home", str(home)], stdout=log, stderr=subprocess.STDOUT
+            [str(BIN / "wardgate-cluster"), "run", "--home", str(home), "--workers", str(workers)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"https://127.0.0.1:{port}"
     context = ssl.create_default_context(cafile=str(home / "ca.crt"))

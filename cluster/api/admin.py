@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +10,7 @@ from aiohttp import web
 from cluster.api.admission import admit
 from cluster.api.apply import MANAGED_BY_APPLY, plan_apply
 from cluster.api.policy_eval import evaluate as evaluate_policy
-from cluster.api.state import CACHE, CHECK_EXPRESSION, POLICY_EVAL, STORE
+from cluster.api.state import CHECK_EXPRESSION, POLICY_EVAL, PROPAGATION, STORE
 from cluster.errors import Invalid, NotFound
 from cluster.identity import credentials
 from cluster.resources.common import parse_duration
@@ -116,9 +115,9 @@ def _cascade(kind: str, name: str, stored: dict[tuple[str, str], AnyResource]) -
 
 
 async def _settle(request: web.Request) -> None:
-    """Wait until this node's cache has applied our write: revocations take effect before we answer."""
+    """Wait until every worker of this node serves our write: revocations take effect before we answer."""
     revision = await request.app[STORE].revision()
-    await asyncio.wait_for(request.app[CACHE].wait_for(revision), 5)
+    await request.app[PROPAGATION].settle(revision)
 
 
 @routes.delete("/api/v1/{plural}/{name}")

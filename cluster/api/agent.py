@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from cluster.api.state import CACHE, STORE
+from cluster.api.state import PROPAGATION, STORE
 from cluster.errors import Invalid, NotFound
 from cluster.identity.addresses import TunnelSettings, connected_sessions
 from cluster.resources.meta import NAME_PATTERN
@@ -106,7 +106,7 @@ class AgentApi:
             if current.spec != node.spec:
                 await store.commit([Update(node.with_metadata(resource_version=current.metadata.resource_version))])
         revision = await store.revision()
-        await asyncio.wait_for(request.app[CACHE].wait_for(revision), 5)
+        await request.app[PROPAGATION].settle(revision)
         log.info("node %s registered (WireGuard key %s, port %d)", name, body.wg_public_key, body.listen_port)
         return web.json_response(self._settings.network(self._domain).model_dump(mode="json"))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -23,14 +22,17 @@ from cluster.api.state import (
     METRICS,
     NODE,
     POLICY_EVAL,
+    PROPAGATION,
     STORE,
 )
 from cluster.errors import Forbidden, Unauthenticated
 from cluster.identity.authenticate import Authenticator
 from cluster.observability.accesslog import AccessLog
 from cluster.observability.metrics import Metrics
+from cluster.observability.record import AccessRecord
 from cluster.store import Store
 from cluster.store.cache import ResourceCache
+from cluster.store.propagation import Propagation
 
 CALLER = "wardgate.caller"
 DENIAL = "wardgate.denial"
@@ -52,24 +54,22 @@ async def access_log_middleware(request: web.Request, handler: Any) -> web.Strea
         return response
     finally:
         caller = request[CALLER]
-        entry = {
-            "time": datetime.now(UTC).isoformat(),
-            "requestId": request_id,
-            "node": request.app[NODE],
-            "listener": "admin",
-            "user": caller.user if caller else None,
-            "credential": caller.credential if caller else None,
-            "session": caller.session if caller else None,
-            "method": request.method,
-            "path": request.path,
-            "status": status,
-            "reason": request[DENIAL],
-            "remote": request.remote,
-            "durationMs": round((time.perf_counter() - started) * 1000, 3),
-        }
-        request.app[ACCESS_LOG].write(entry)
+        record = AccessRecord(
+            listener="admin",
+            method=request.method,
+            path=request.path,
+            remote=request.remote,
+            node=request.app[NODE],
+            request_id=request_id,
+            user=caller.user if caller else None,
+            credential=caller.credential if caller else None,
+            session=caller.session if caller else None,
+            reason=request[DENIAL],
+        )
+        record.finish(status, time.perf_counter() - started)
+        request.app[ACCESS_LOG].write(record)
         if request.path != "/metrics":
-            request.app[METRICS].observe(entry)
+            request.app[METRICS].observe(record)
 
 
 @web.middleware
@@ -79,7 +79,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             identity = identify(request.app[AUTHENTICATOR], request.headers.get("Authorization"))
             request[CALLER] = caller_of(identity)
             request.app[ADMIN_POLICY].authorize_admin(
-                identity, request.method, request.path, request.query, request.headers, request.remote or ""
+                identity, request.method, request.rel_url, request.headers, request.remote or ""
             )
         except Unauthenticated as exc:
             request[DENIAL] = str(exc)
@@ -107,6 +107,7 @@ async def healthz(request: web.Request) -> web.Response:
 def make_admin_app(
     store: Store,
     cache: ResourceCache,
+    propagation: Propagation,
     authenticator: Authenticator,
     admin_policy: AdminPolicy,
     policy_eval: PolicyEvaluator,
@@ -121,6 +122,7 @@ def make_admin_app(
     )
     app[STORE] = store
     app[CACHE] = cache
+    app[PROPAGATION] = propagation
     app[AUTHENTICATOR] = authenticator
     app[ADMIN_POLICY] = admin_policy
     app[POLICY_EVAL] = policy_eval

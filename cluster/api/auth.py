@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from yarl import URL
+
 from cluster.errors import Unauthenticated
 from cluster.identity.authenticate import Authenticator, Identity
 
@@ -19,13 +21,7 @@ class AdminPolicy(Protocol):
     """Raises Forbidden (message: the reason) unless policy allows this admin request."""
 
     def authorize_admin(
-        self,
-        identity: Identity,
-        method: str,
-        path: str,
-        query: Mapping[str, str],
-        headers: Mapping[str, str],
-        ip: str,
+        self, identity: Identity, method: str, url: URL, headers: Mapping[str, str], ip: str
     ) -> object: ...
 
 

@@ -9,7 +9,8 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from cluster.errors import Invalid
+from cluster.authorize.admit import Admission, Refusal
+from cluster.errors import Invalid, NotFound, Refused
 from cluster.policy.engine import Decision
 
 
@@ -20,12 +21,12 @@ class PolicyEvaluator(Protocol):
         service: str,
         user: str,
         method: str,
-        path: str,
+        target: str,
         headers: Mapping[str, str],
         body: bytes,
         session_type: str = "CLIENTLESS",
         ip: str = "127.0.0.1",
-    ) -> tuple[Decision, str | None, tuple[str, ...]]: ...
+    ) -> Admission | Refusal: ...
 
 
 def decision_json(decision: Decision) -> dict[str, Any]:
@@ -55,13 +56,27 @@ async def evaluate(evaluator: PolicyEvaluator, request: web.Request) -> web.Resp
     headers = spec.get("headers") or {}
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise Invalid("headers must be a map of strings")
-    decision, config, notes = evaluator.evaluate_request(
+    outcome = evaluator.evaluate_request(
         service=spec["service"],
         user=spec["user"],
         method=str(spec.get("method", "POST")),
-        path=str(spec.get("path", "/v1/chat/completions")),
+        target=str(spec.get("path", "/v1/chat/completions")),
         headers={"content-type": "application/json", **headers},
         body=_body_bytes(spec.get("body")),
         session_type=str(spec.get("sessionType", "CLIENTLESS")),
     )
-    return web.json_response({"decision": decision_json(decision), "config": config, "notes": list(notes)})
+    if isinstance(outcome, Admission):
+        route = outcome.route.name if outcome.route is not None else None
+        return web.json_response(
+            {"decision": decision_json(outcome.decision), "config": route, "notes": list(outcome.notes), "status": 200}
+        )
+    if outcome.refused in (Refused.UNKNOWN_SERVICE, Refused.NO_POLICIES) and outcome.decision is None:
+        raise NotFound(outcome.reason)
+    decision = (
+        decision_json(outcome.decision)
+        if outcome.decision is not None
+        else {"effect": "DENY", "reason": outcome.reason}
+    )
+    return web.json_response(
+        {"decision": decision, "config": outcome.config, "notes": list(outcome.notes), "status": outcome.refused.status}
+    )

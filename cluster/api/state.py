@@ -12,9 +12,11 @@ from cluster.observability.accesslog import AccessLog
 from cluster.observability.metrics import Metrics
 from cluster.store import Store
 from cluster.store.cache import ResourceCache
+from cluster.store.propagation import Propagation
 
 STORE = web.AppKey("store", Store)
 CACHE = web.AppKey("cache", ResourceCache)
+PROPAGATION: web.AppKey[Propagation] = web.AppKey("propagation")
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 ADMIN_POLICY: web.AppKey[AdminPolicy] = web.AppKey("admin_policy")
 POLICY_EVAL: web.AppKey[PolicyEvaluator] = web.AppKey("policy_eval")

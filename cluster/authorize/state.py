@@ -1,7 +1,8 @@
-"""Gateway state: everything the request path needs, compiled from the resource cache and swapped whole.
+"""Gateway state: everything an admission decision needs, compiled from the resource cache and swapped whole.
 
-Built when the cache changes (never per request): per Service its configs, the dynamic-config rules
-and the authorization RuleSet; per User and Group their RuleSets and the JSON docs policies see.
+Built off the request path when a kind it depends on changes (holder.py): per Service its configs, the
+dynamic-config rules and the authorization RuleSet; per User (with its Groups) the RuleSets that govern
+Services and the ones that govern the admin API, and the JSON docs policies see; the admin policies.
 CEL programs come from one Compiler (cached by source hash), so a rebuild recompiles nothing unchanged;
 each config's plugin chain comes from one PluginBuilder, which reuses plugins whose spec is unchanged
 (Lua scripts compile here, in runtime pools; never per request).
@@ -10,9 +11,9 @@ each config's plugin chain comes from one PluginBuilder, which reuses plugins wh
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cluster.plugins.manager import PluginChain
@@ -27,16 +28,23 @@ from cluster.policy.engine import (
     compile_authorization,
     compile_condition,
     compile_policy,
+    condition_reads_body,
 )
+from cluster.resources.common import Scope
 from cluster.resources.credential import Secret
+from cluster.resources.kinds import AnyResource
 from cluster.resources.policy import Policy
 from cluster.resources.service import Service, ServiceConfig
 from cluster.resources.user import Group, User
-from cluster.store.cache import ResourceCache
 
 log = logging.getLogger(__name__)
 
 MAX_MERGED = 100_000
+ADMIN_SERVICE = "wardgate-admin"
+"""`ctx.service.metadata.name` on the admin API."""
+STATE_KINDS = frozenset({"Service", "Policy", "User", "Group", "Secret"})
+"""The kinds a GatewayState is compiled from: a change to any other kind (Session, Credential, lease...)
+needs no rebuild."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,11 @@ class ServicePipeline:
     routes: dict[str, Route]
     dynamic_rules: tuple[tuple[CompiledCondition, str], ...]
     rules: RuleSet
+    dynamic_reads_body: bool = False
+    max_request_bytes: int = 0
+    """The largest body any of its configs accepts (the read limit before a config is picked)."""
+    parse_limit: int = 0
+    """The largest body any of its configs parses into `bodyMap`."""
 
     def pick_route(self, inp: EvalInput) -> tuple[Route | None, list[str]]:
         """The config the first matching dynamic rule names, else `spec.config`; a rule whose condition
@@ -99,11 +112,13 @@ class ServicePipeline:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """A User as policies see it, with the RuleSet of the user and all of its groups merged."""
+    """A User as policies see it, with the rules of the user and all of its groups merged: `rules` govern
+    Services (scope SERVICES or ALL), `admin_rules` the admin API (scope ADMIN or ALL)."""
 
     user: User
     doc: dict[str, Any]
     rules: RuleSet
+    admin_rules: RuleSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +127,8 @@ class GatewayState:
     principals: dict[str, Principal] = field(default_factory=dict)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    admin: RuleSet = field(default_factory=RuleSet)
+    """The rules of the Policies named in `[admin] policies`, all of them whatever their scope."""
     _merged: dict[tuple[str, str], RuleSet] = field(default_factory=dict)
 
     def rules_for(self, pipe: ServicePipeline, principal: Principal) -> RuleSet:
@@ -137,6 +154,9 @@ def _compile_service(
     if spec.dynamic_config is not None:
         dynamic = [(compile_condition(r.condition, compiler), r.config_name) for r in spec.dynamic_config.rules]
     rules = compile_authorization("service", service.metadata.name, spec.authorization, named, compiler)
+    dynamic_reads_body = spec.dynamic_config is not None and any(
+        condition_reads_body(r.condition) for r in spec.dynamic_config.rules
+    )
     return ServicePipeline(
         name=service.metadata.name,
         service=service,
@@ -144,11 +164,25 @@ def _compile_service(
         default=routes.get("default"),
         routes=routes,
         dynamic_rules=tuple(dynamic),
-        rules=rules,
+        rules=rules.scoped(Scope.SERVICES),
+        dynamic_reads_body=dynamic_reads_body,
+        max_request_bytes=max((r.config.http.body.max_request_bytes for r in routes.values()), default=0),
+        parse_limit=max((r.config.http.body.max_parsed_bytes for r in routes.values()), default=0),
     )
 
 
-def build_state(cache: ResourceCache, compiler: cel.Compiler, plugins: PluginBuilder | None = None) -> GatewayState:
+class Resources(Protocol):
+    """What a build reads: the cache itself, or a snapshot of it (holder.py)."""
+
+    def list_kind(self, kind: str) -> list[AnyResource]: ...
+
+
+def build_state(
+    cache: Resources,
+    compiler: cel.Compiler,
+    plugins: PluginBuilder | None = None,
+    admin_policies: Sequence[str] = (),
+) -> GatewayState:
     """Compile everything; a resource that fails to compile is left out (and reported), never half-built.
 
     Pass the same `plugins` builder on every rebuild: it keeps plugin instances (Lua runtime pools,
@@ -183,7 +217,9 @@ def build_state(cache: ResourceCache, compiler: cel.Compiler, plugins: PluginBui
             errors[f"user/{user.metadata.name}"] = str(exc)
             continue
         merged = RuleSet.merge(own, *(groups[g] for g in user.spec.groups if g in groups))
-        principals[user.metadata.name] = Principal(user, resource_doc(user), merged)
+        principals[user.metadata.name] = Principal(
+            user, resource_doc(user), merged.scoped(Scope.SERVICES), merged.scoped(Scope.ADMIN)
+        )
     services: dict[str, ServicePipeline] = {}
     for service in cache.list_kind("Service"):
         assert isinstance(service, Service)
@@ -198,4 +234,5 @@ def build_state(cache: ResourceCache, compiler: cel.Compiler, plugins: PluginBui
     plugins.prune()
     for where, message in errors.items():
         log.error("%s left out of the gateway: %s", where, message)
-    return GatewayState(services, principals, secrets, errors)
+    admin = RuleSet.merge(*(named[name] for name in dict.fromkeys(admin_policies) if name in named))
+    return GatewayState(services, principals, secrets, errors, admin)

@@ -9,17 +9,23 @@ from typing import Any, TextIO
 
 import orjson
 
+from cluster.observability.record import AccessRecord
+
 
 class AccessLog:
-    """Append-only JSON-lines writer; `write` takes the entry as a dict of JSON-ready values."""
+    """Append-only JSON-lines writer of access records (or, from the cluster's own endpoints, JSON-ready dicts)."""
 
     def __init__(self, path: Path | None, stdout: bool = False) -> None:
         self._file: TextIO | None = path.open("a", buffering=1) if path is not None else None
         self._stdout = stdout
         self._lock = threading.Lock()
 
-    def write(self, entry: dict[str, Any]) -> None:
-        line = orjson.dumps({k: v for k, v in entry.items() if v is not None}).decode() + "\n"
+    def write(self, entry: AccessRecord | dict[str, Any]) -> None:
+        if isinstance(entry, AccessRecord):
+            values = entry.as_dict()
+        else:
+            values = {k: v for k, v in entry.items() if v is not None}
+        line = orjson.dumps(values).decode() + "\n"
         with self._lock:
             if self._file is not None:
                 self._file.write(line)

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cluster.observability.record import AccessRecord
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -107,27 +109,23 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe(self, entry: Mapping[str, Any]) -> None:
-        """Count one finished request from its access-log entry."""
-        service = entry.get("service") or "-"
-        decision = entry.get("decision")
-        effect = decision.get("effect", "-") if isinstance(decision, dict) else "-"
-        self._child(self.requests, entry.get("listener", "public"), service, str(entry.get("status", 0)), effect).inc()
-        if "durationMs" in entry:
-            self._child(self.duration, service).observe(entry["durationMs"] / 1000)
-        if "upstreamMs" in entry:
-            self._child(self.upstream, service).observe(entry["upstreamMs"] / 1000)
-        usage = entry.get("usage")
-        if isinstance(usage, dict):
-            user, model = entry.get("user") or "-", entry.get("model") or "-"
+    def observe(self, record: AccessRecord) -> None:
+        """Count one finished request from its access record."""
+        service = record.service or "-"
+        effect = record.decision.effect if record.decision is not None else "-"
+        self._child(self.requests, record.listener, service, str(record.status), effect).inc()
+        if record.duration_ms is not None:
+            self._child(self.duration, service).observe(record.duration_ms / 1000)
+        if record.upstream_ms is not None:
+            self._child(self.upstream, service).observe(record.upstream_ms / 1000)
+        if record.usage:
+            user, model = record.user or "-", record.model or "-"
             for direction, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-                value = usage.get(key)
+                value = record.usage.get(key)
                 if isinstance(value, int | float) and value > 0:
                     self._child(self.tokens, service, user, model, direction).inc(value)
-        for failure in entry.get("pluginFailures", ()):
-            self._child(
-                self.plugin_failures, service, str(failure.get("plugin", "-")), str(failure.get("kind", "error"))
-            ).inc()
+        for failure in record.plugin_failures:
+            self._child(self.plugin_failures, service, failure.plugin, failure.kind).inc()
 
     def drop(self, signal: str, count: int) -> None:
         self._child(self.dropped, signal).inc(count)

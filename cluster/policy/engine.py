@@ -60,6 +60,7 @@ __all__ = [
     "compile_authorization",
     "compile_condition",
     "compile_policy",
+    "condition_reads_body",
     "evaluate",
 ]
 
@@ -215,7 +216,7 @@ def _order(rule: CompiledRule) -> tuple[int, int]:
     return rule.priority, 0 if rule.effect is Effect.DENY else 1
 
 
-def _mentions_body(cond: Condition) -> bool:
+def condition_reads_body(cond: Condition) -> bool:
     """Whether a condition may read the request body (a plain text check of its CEL and Rego sources: an
     over-estimate costs a parse, an under-estimate would hide the body from a rule)."""
     if cond.match is not None:
@@ -225,7 +226,7 @@ def _mentions_body(cond: Condition) -> bool:
     children = (cond.all.of if cond.all else []) + (cond.any.of if cond.any else [])
     if cond.not_ is not None:
         children = [cond.not_]
-    return any(_mentions_body(c) for c in children)
+    return any(condition_reads_body(c) for c in children)
 
 
 def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler) -> list[CompiledRule]:
@@ -237,7 +238,7 @@ def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler
             condition=compile_condition(rule.condition, cel_compiler),
             ref=RuleRef(policy_ref, rule.name or f"rules[{i}]"),
             scope=rule.scope,
-            reads_body=_mentions_body(rule.condition),
+            reads_body=condition_reads_body(rule.condition),
         )
         for i, rule in enumerate(spec.rules)
     ]

@@ -3,7 +3,7 @@
     client app ─HTTP─▶ <service>.<zone> = the gateway address, over WireGuard ─▶ node wg interface
     ─▶ a socket bound to that interface only (SO_BINDTODEVICE): packets that did not come through the
        tunnel never reach it, whatever source address they carry
-    ─▶ TunnelGateway: identity = the live CLIENT Session holding the source address (cryptokey routing
+    ─▶ tunnel_gateway: identity = the live CLIENT Session holding the source address (cryptokey routing
        guarantees a peer can only send from its own allowed IPs) ─▶ Gateway's pipeline, unchanged:
        dynamic config, policies, plugins, secret injection, upstream, access log (listener "tunnel")
 
@@ -20,14 +20,16 @@ import logging
 import socket
 from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 
+from cluster.authorize.state import GatewayState
+from cluster.errors import Refused
 from cluster.identity.addresses import TunnelIdentities
-from cluster.identity.authenticate import Authenticator, Identity
+from cluster.identity.authenticate import Identity
 from cluster.observability.accesslog import AccessLog
-from cluster.proxy.pipeline import GatewayState
-from cluster.proxy.server import Exchange, Gateway, Handler, openai_error
+from cluster.proxy.exchange import openai_error
+from cluster.proxy.server import Gateway, Handler, Listener, Telemetry
+from cluster.proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -36,52 +38,46 @@ _IPV6_FREEBIND = 78  # linux/in6.h
 
 
 async def _no_apex(request: web.BaseRequest) -> web.StreamResponse:
-    return openai_error(
-        404,
-        "The cluster's own endpoints are on https://<domain>, not the tunnel.",
-        "invalid_request_error",
-        "not_found",
+    refused = Refused.NOT_ON_TUNNEL
+    return openai_error(refused.status, refused.message, refused.kind, refused.code)
+
+
+def tunnel_listener(identities: TunnelIdentities) -> Listener:
+    """The tunnel's strategy: the Session holding the source address is the identity. Bearer tokens and
+    cookies are not looked at; every Service, public or not, is served."""
+
+    def identify(request: web.BaseRequest) -> Identity:
+        return identities.identify(request.remote)
+
+    return Listener(
+        name="tunnel",
+        scheme="http",
+        public_only=False,
+        identify=identify,
+        unauthenticated=Refused.NO_TUNNEL_SESSION,
     )
 
 
-class TunnelGateway(Gateway):
-    """`Gateway` for the tunnel listener: identifies by source address and serves non-public Services."""
-
-    listener = "tunnel"
-    scheme = "http"
-    requires_public = False
-
-    def __init__(
-        self,
-        *,
-        zone: str,
-        identities: TunnelIdentities,
-        state: Callable[[], GatewayState],
-        authenticator: Authenticator,
-        access_log: AccessLog,
-        client: aiohttp.ClientSession,
-        node: str,
-    ) -> None:
-        super().__init__(
-            domain=zone,
-            state=state,
-            authenticator=authenticator,
-            access_log=access_log,
-            client=client,
-            apex=_no_apex,
-            node=node,
-            login_url=lambda: None,
-        )
-        self._identities = identities
-
-    def _identify(self, request: web.BaseRequest) -> Identity:
-        # Bearer tokens and cookies are not looked at: on the tunnel the source address is the identity.
-        return self._identities.identify(request.remote)
-
-    def _unauthenticated(self, request: web.BaseRequest, ex: Exchange, reason: str) -> web.StreamResponse:
-        return self._deny(
-            ex, 403, reason, "No live Wardgate session holds this tunnel address.", "permission_denied", "no_session"
-        )
+def tunnel_gateway(
+    *,
+    zone: str,
+    identities: TunnelIdentities,
+    state: Callable[[], GatewayState],
+    upstream: Upstream,
+    access_log: AccessLog,
+    node: str,
+    telemetry: Telemetry | None = None,
+) -> Gateway:
+    return Gateway(
+        domain=zone,
+        listener=tunnel_listener(identities),
+        state=state,
+        upstream=upstream,
+        access_log=access_log,
+        apex=_no_apex,
+        node=node,
+        telemetry=telemetry,
+    )
 
 
 def _interface_index(name: str) -> int | None:

@@ -226,9 +226,13 @@ class Plugin(Model):
 
 
 class BodyConfig(Model):
-    """Request body limits: larger bodies get 413 before anything else happens."""
+    """Request body limits. A body over `maxRequestBytes` gets 413 before anything else happens. Only a
+    body up to `maxParsedBytes` is parsed into `bodyMap` and handed to plugins: a larger one passes through
+    unparsed where no policy, dynamic rule or plugin reads it, and gets 413 where one does (parsing and
+    converting megabytes of JSON for every request is how one request stalls a node)."""
 
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
+    max_parsed_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
 
 
 class Timeouts(Model):

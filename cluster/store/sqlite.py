@@ -213,6 +213,11 @@ class SQLiteStore:
         finally:
             self._wakeups.discard(wakeup)
 
+    def poke(self) -> None:
+        """Poll for foreign commits now (another process says it committed), not at the next tick."""
+        for wakeup in self._wakeups:
+            wakeup.set()
+
     async def close(self) -> None:
         await self._run(self._db.close)
 

@@ -216,3 +216,56 @@ async def test_credential_expiry_bounds_its_sessions(gw: Gateway) -> None:
     assert (await raw(gw, "POST", "gemini", "/v1/chat/completions", json=ALLOWED, headers=headers))[0] == 401
     with pytest.raises(Exception, match="invalid_client"):
         await fetch_token(gw, "short", secret)
+
+
+HQ_REGO = """package wardgate.hq
+
+allow if input.ctx.request.http.query.mode == "fast"
+"""
+
+
+async def test_policy_eval_and_the_gateway_decide_alike_on_headers_and_query(gw: Gateway, tmp_path: Path) -> None:
+    """Same request, same decision and reason, through `wardgatectl policy eval` and through the gateway."""
+    rules = [
+        {"name": "no-debug", "effect": "DENY", "condition": {"match": "has(ctx.request.http.query.debug)"}},
+        {"name": "creds-hidden", "effect": "DENY", "priority": -10,
+         "condition": {"match": "'authorization' in ctx.request.http.headers"}},
+        {"name": "team-ml", "effect": "ALLOW", "condition": {"match": "ctx.request.http.headers['x-team'] == 'ml'"}},
+        {"name": "fast-mode", "effect": "ALLOW", "condition": {"opa": {"inline": HQ_REGO}}},
+    ]  # fmt: skip
+    service = {
+        "kind": "Service",
+        "metadata": {"name": "hq"},
+        "spec": {
+            "isPublic": True,
+            "config": {
+                "upstream": {"url": gw.fakes["openai"][1]},
+                "http": {"auth": {"bearer": {"fromSecret": "openai-api-key"}}},
+            },
+            "authorization": {"inlinePolicies": [{"spec": {"rules": rules}}]},
+        },
+    }
+    apply_docs(gw.cluster, [service], tmp_path)
+    token = await fetch_token(gw, "alice-oauth", gw.client_secrets["alice"])
+    cases: list[tuple[str, dict[str, str]]] = [
+        ("/v1/chat/completions", {"X-Team": "ml"}),
+        ("/v1/chat/completions?debug=1", {"X-Team": "ml"}),
+        ("/v1/chat/completions", {"X-Team": "web"}),
+        ("/v1/chat/completions?mode=fast", {}),
+        ("/v1/chat/completions?mode=slow", {}),
+        ("/v1/chat/completions?mode=fast&debug=", {"X-Team": "ml"}),
+    ]
+    keys = ("effect", "reason", "policy", "rule")
+    for i, (path, headers) in enumerate(cases):
+        status, _, _ = await raw(
+            gw, "POST", "hq", path, json=ALLOWED, headers={"Authorization": f"Bearer {token}", **headers}
+        )
+        entry = (await gw.log_entries(i + 1, service="hq"))[i]
+        on_gateway = {k: entry["decision"].get(k) for k in keys}
+        args = ["policy", "eval", "--service", "hq", "--user", "alice", "--path", path, "-o", "json"]
+        for name, value in {"Authorization": "Bearer whatever", **headers}.items():
+            args += ["--header", f"{name}:{value}"]
+        result = gw.cluster.ctl(*args, "--body", json.dumps(ALLOWED))
+        evaluated = json.loads(result.stdout)["decision"]
+        assert {k: evaluated.get(k) for k in keys} == on_gateway, (path, headers)
+        assert (status == 200) == (on_gateway["effect"] == "ALLOW"), (path, headers, status)

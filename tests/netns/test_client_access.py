@@ -79,7 +79,9 @@ def resources(upstream: str) -> list[dict[str, Any]]:
             "spec": {
                 "type": "WORKLOAD",
                 "authorization": {
-                    "inlinePolicies": [{"spec": {"rules": [{"effect": "ALLOW", "condition": {"match": agent_only}}]}}]
+                    "inlinePolicies": [
+                        {"spec": {"rules": [{"effect": "ALLOW", "scope": "ADMIN", "condition": {"match": agent_only}}]}}
+                    ]
                 },
             },
         },
