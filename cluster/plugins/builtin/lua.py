@@ -6,47 +6,46 @@
                                                      └───────────────────────────┘
               ─▶ answer (exit / setResponseBody / setStatusCode) into flow.response ─▶ pool.release()
 
-Bounds per call: `maxInstructions` (count hook every HOOK_EVERY instructions; API calls are charged
-by size), `timeLimit` of script time (HTTP waits excluded), `maxMemory` for the runtime. A runtime
-that failed in any way is discarded, never reused. This is the only module that imports lupa;
-the sandbox itself is built in Lua by lua_prelude.PRELUDE.
+Bounds per call: `maxInstructions` (the count hook; API calls are charged by size), `timeLimit` of
+script time (HTTP waits excluded), `maxMemory` for the runtime; lua_limits says how they reach inside
+library calls. A runtime that failed in any way is discarded, never reused. This is the only module
+that imports lupa; the sandbox itself is built in Lua (lua_prelude, lua_json, lua_limits).
+
+Only strings, numbers and booleans cross into Lua, and every string is checked against the memory
+the runtime has left before it crosses (`_fit`). lupa converts values outside Lua's error handling:
+an allocation over `max_memory` there unwinds through the Python callback with the GIL held and the
+process deadlocks (or, with no Lua call on the stack, Lua panics and aborts the process).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
-import hashlib
 import re
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
-import fastjsonschema
 import lupa.lua54 as lupa
-import orjson
 from multidict import CIMultiDict
 
+from cluster.plugins.builtin.lua_api import LOAD, REQUEST, RESPONSE, FlowApi, LuaScriptError
 from cluster.plugins.builtin.lua_http import HttpPolicyError, LuaHttp
+from cluster.plugins.builtin.lua_json import JSON_LUA
+from cluster.plugins.builtin.lua_limits import LIMITS_LUA, STEP_LIMIT
 from cluster.plugins.builtin.lua_prelude import PRELUDE
 from cluster.plugins.flow import HttpFlow, Response
 from cluster.resources.service import LuaPluginSpec
 
+__all__ = ["LuaPlugin", "LuaRequestPlugin", "LuaResponsePlugin", "LuaScriptError", "check_script", "make_lua_plugin"]
+
 HOOK_EVERY = 1000
-MAX_DEPTH = 128
-_INF = float("inf")
+MIN_EVERY = 10
+BASE_KB = 512
+QUANTUM = 1_000_000
+_SLACK = 4096
 _NAME_LINE = re.compile(r"^[^:\n]*:(\d+): (.*)$", re.S)
-_HEADER_NAME = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
-_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"host", b"upgrade", b"te"})
-_REQUEST, _RESPONSE, _LOAD = "request", "response", "load"
-
-
-class LuaScriptError(Exception):
-    """A script failed to compile, raised an error, or exceeded a bound (the message says which)."""
 
 
 class _BoundExceeded(Exception):
@@ -63,72 +62,11 @@ def _where(message: str) -> str:
     return f"line {match.group(1)}: {match.group(2)}" if match else message
 
 
-def _text(value: object, what: str) -> bytes:
-    if not isinstance(value, bytes):
-        raise LuaScriptError(f"{what} must be a string")
-    return value
-
-
-def _header_name(value: object) -> str:
-    name = _text(value, "a header name")
-    if not _HEADER_NAME.match(name):
-        raise LuaScriptError(f"invalid header name {name!r}")
-    if name.lower() in _FRAMING_HEADERS:
-        raise LuaScriptError(f"header {name.decode()!r} is managed by the gateway")
-    return name.decode()
-
-
-def _header_value(value: object) -> str:
-    raw = _text(value, "a header value")
-    if any(c in raw for c in b"\r\n\x00"):
-        raise LuaScriptError("a header value may not contain CR, LF or NUL")
-    return raw.decode("latin-1")
-
-
-def _status(value: object) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
-        raise LuaScriptError(f"status must be an integer from 100 to 599, got {value!r}")
-    return value
-
-
-def _check_path(path: bytes) -> str:
-    text = path.decode("latin-1")
-    lowered = text.lower()
-    if not text.startswith("/") or not text.isascii() or any(c in text for c in "?# \\\t\r\n\x00"):
-        raise LuaScriptError(f"setPath: {text!r} must be an absolute path without query or fragment")
-    if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
-        raise LuaScriptError(f"setPath: {text!r} has an encoded separator")
-    if any(s in (".", "..") for s in lowered.replace("%2e", ".").split("/")):
-        raise LuaScriptError(f"setPath: {text!r} has '.' or '..' segments")
-    return text
-
-
-_schemas: collections.OrderedDict[str, Callable[[Any], Any]] = collections.OrderedDict()
-
-
-def _schema_validator(schema: str) -> Callable[[Any], Any]:
-    """Compiled validators, cached by the schema's hash (scripts pass the same schema every call)."""
-    key = hashlib.sha256(schema.encode()).hexdigest()
-    found = _schemas.get(key)
-    if found is None:
-        try:
-            found = fastjsonschema.compile(orjson.loads(schema))
-        except (orjson.JSONDecodeError, fastjsonschema.JsonSchemaDefinitionException) as exc:
-            raise LuaScriptError(f"json.isSchemaValid: invalid schema: {exc}") from exc
-        _schemas[key] = found
-        if len(_schemas) > 256:
-            _schemas.popitem(last=False)
-    else:
-        _schemas.move_to_end(key)
-    return found
-
-
-class _Runtime:
+class _Runtime(FlowApi):
     """One sandboxed Lua state with the script loaded. One call at a time; it holds that call's state."""
 
     def __init__(self, name: str, spec: LuaPluginSpec, http: LuaHttp) -> None:
+        super().__init__()
         self.name = name
         self.spec = spec
         self.http = http
@@ -140,26 +78,19 @@ class _Runtime:
             attribute_filter=_deny_attributes,
             max_memory=spec.max_memory,
         )
-        self.flow: HttpFlow | None = None
-        self.phase = _LOAD
         self.units = 0
         self.deadline = 0.0
         self.left = 0.0
         self.bound: str | None = None
-        self.answered = False
-        self.answer_status: int | None = None
-        self.answer_body: bytes | None = None
-        self.header_edits: list[tuple[str, str | None]] = []
         prelude = self.lua.execute(PRELUDE, self._api())
         # Look the driver functions up once, by bytes key (the runtime has no string encoding).
         self.compile, self.freeze, self.entry = (prelude[k] for k in (b"compile", b"freeze", b"entry"))
         self.start, self.resume, self.stop = (prelude[k] for k in (b"start", b"step", b"stop"))
-        self.mark_array, self.kind = prelude[b"array"], prelude[b"kind"]
+        self.collect = prelude[b"collect"]
         compiled = self.compile(spec.inline.encode(), name.encode())
         if isinstance(compiled, tuple):
             raise LuaScriptError(_where(compiled[1].decode(errors="replace")))
-        chunk = compiled
-        self._load(chunk)
+        self._load(compiled)
         self.freeze()
         self.on_request = self.entry(b"onRequest")
         self.on_response = self.entry(b"onResponse")
@@ -167,64 +98,68 @@ class _Runtime:
             raise LuaScriptError("the script defines neither onRequest nor onResponse")
 
     def _api(self) -> Any:
+        g = self._guard
         req = {
-            b"getRequestBody": self.get_body,
-            b"setRequestBody": self.set_body,
-            b"getRequestHeader": self.get_header,
-            b"setRequestHeader": self.set_header,
-            b"deleteRequestHeader": self.delete_header,
-            b"getPath": self.get_path,
-            b"setPath": self.set_path,
-            b"getMethod": self.get_method,
-            b"getQueryParam": self.get_query,
-            b"setQueryParam": self.set_query,
-            b"deleteQueryParam": self.delete_query,
-            b"setResponseBody": self.answer_with_body,
-            b"setResponseHeader": self.edit_response_header,
-            b"deleteResponseHeader": self.delete_response_header,
-            b"setStatusCode": self.answer_with_status,
+            b"getRequestBody": g(self.get_body),
+            b"setRequestBody": g(self.set_body),
+            b"getRequestHeader": g(self.get_header),
+            b"setRequestHeader": g(self.set_header),
+            b"deleteRequestHeader": g(self.delete_header),
+            b"getPath": g(self.get_path),
+            b"setPath": g(self.set_path),
+            b"getMethod": g(self.get_method),
+            b"getQueryParam": g(self.get_query),
+            b"setQueryParam": g(self.set_query),
+            b"deleteQueryParam": g(self.delete_query),
+            b"setResponseBody": g(self.answer_with_body),
+            b"setResponseHeader": g(self.edit_response_header),
+            b"deleteResponseHeader": g(self.delete_response_header),
+            b"setStatusCode": g(self.answer_with_status),
         }
         resp = {
-            b"getResponseBody": self.resp_get_body,
-            b"setResponseBody": self.resp_set_body,
-            b"getResponseCode": self.resp_get_code,
-            b"getResponseHeader": self.resp_get_header,
-            b"setResponseHeader": self.edit_response_header,
-            b"deleteResponseHeader": self.delete_response_header,
-            b"setStatusCode": self.resp_set_status,
+            b"getResponseBody": g(self.resp_get_body),
+            b"setResponseBody": g(self.resp_set_body),
+            b"getResponseCode": g(self.resp_get_code),
+            b"getResponseHeader": g(self.resp_get_header),
+            b"setResponseHeader": g(self.edit_response_header),
+            b"deleteResponseHeader": g(self.delete_response_header),
+            b"setStatusCode": g(self.resp_set_status),
         }
         api = {
             b"hook_every": HOOK_EVERY,
+            b"min_every": MIN_EVERY,
+            b"base_kb": BASE_KB,
+            b"quantum": QUANTUM,
+            b"step_limit": STEP_LIMIT,
+            b"json_src": JSON_LUA,
+            b"limits_src": LIMITS_LUA,
             b"tick": self.tick,
             b"exhausted": lambda: self.bound is not None,
-            b"exit": self.exit,
-            b"ctx": self.ctx,
+            b"exit": g(self.answer_with_status),
+            b"ctx_node": g(self.ctx_node),
+            b"ctx_raw": g(self.ctx_raw),
             b"req": self.lua.table_from(req),
             b"resp": self.lua.table_from(resp),
-            b"json_decode": self.json_decode,
-            b"json_encode": self.json_encode,
-            b"json_schema_valid": self.json_schema_valid,
-            b"base64_encode": lambda s: base64.b64encode(_text(s, "base64.encode's argument")),
-            b"base64_decode": self.base64_decode,
-            b"strings_len": lambda s: len(_text(s, "s").decode("utf-8", "surrogateescape")),
-            b"strings_lower": lambda s: self._unicode(s, str.lower),
-            b"strings_upper": lambda s: self._unicode(s, str.upper),
-            b"strings_trim": self.strings_trim,
-            b"strings_split": self.strings_split,
-            b"lower_ascii": lambda s: _text(s, "s").lower(),
-            b"http_base": self.http_base,
+            b"json_schema_valid": g(self.json_schema_valid, 8),
+            b"base64_encode": g(self.base64_encode, 1),
+            b"base64_decode": g(self.base64_decode, 1),
+            b"strings_len": g(self.strings_len, 1),
+            b"strings_lower": g(lambda s: self.unicode(s, str.lower), 1),
+            b"strings_upper": g(lambda s: self.unicode(s, str.upper), 1),
+            b"strings_trim": g(self.strings_trim, 1),
+            b"find_plain": g(self.find_plain, 16),
+            b"lower_ascii": g(lambda s: s.lower() if isinstance(s, bytes) else s),
+            b"http_base": g(self.http_base),
         }
         return self.lua.table_from(api)
 
     # -- bounds ---------------------------------------------------------------------------------------
 
     def begin(self, flow: HttpFlow | None, phase: str) -> None:
-        self.flow, self.phase = flow, phase
+        self.reset(flow, phase)
         self.units = self.spec.max_instructions
         self.left = self.spec.time_limit
         self.bound = None
-        self.answered, self.answer_status, self.answer_body = False, None, None
-        self.header_edits = []
 
     def resume_clock(self) -> None:
         self.deadline = time.perf_counter() + self.left
@@ -232,23 +167,46 @@ class _Runtime:
     def pause_clock(self) -> None:
         self.left = self.deadline - time.perf_counter()
 
-    def tick(self) -> bool:
-        self.units -= HOOK_EVERY
+    def tick(self, spent: int) -> bool:
+        self.units -= spent
         if self.units < 0:
             self.bound = f"instruction limit ({self.spec.max_instructions}) exceeded"
         elif time.perf_counter() > self.deadline:
             self.bound = f"time limit ({self.spec.time_limit:g}s) exceeded"
         return self.bound is None
 
-    def charge(self, units: int) -> None:
-        """Work done in Python on the script's behalf counts against its instruction budget."""
-        self.units -= units
-        if not self.tick():
-            raise _BoundExceeded(self.bound)
+    def _exceed(self, bound: str) -> None:
+        self.bound = self.bound or bound
+        raise _BoundExceeded(self.bound)
+
+    def _fit(self, size: int) -> None:
+        """Refuse a value that would not fit in the runtime's memory (after a full collection)."""
+        limit = self.spec.max_memory - _SLACK
+        if self.lua.get_memory_used() + size > limit:
+            self.collect()
+            if self.lua.get_memory_used() + size > limit:
+                self._exceed(f"memory limit ({self.spec.max_memory} bytes) exceeded")
+
+    def _guard(self, fn: Callable[..., Any], per_byte: int = 0) -> Callable[..., Any]:
+        """An API callback as Lua sees it: time-checked, charged by size, its result made to fit."""
+
+        def guarded(*args: Any) -> Any:
+            size = sum(len(a) for a in args if type(a) is bytes)
+            if not self.tick(size // per_byte if per_byte else 0):
+                raise _BoundExceeded(self.bound)
+            result = fn(*args)
+            if type(result) is bytes:
+                self._fit(len(result))
+                if per_byte:
+                    self.units -= len(result) // per_byte
+            return result
+
+        return guarded
 
     # -- driving a call ---------------------------------------------------------------------------------
 
     def step(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        self._fit(sum(len(a) for a in args if type(a) is bytes) + 64 * len(args))
         self.resume_clock()
         try:
             result = self.resume(*args)
@@ -269,7 +227,7 @@ class _Runtime:
         return out
 
     def _load(self, chunk: Any) -> None:
-        self.begin(None, _LOAD)
+        self.begin(None, LOAD)
         self.start(chunk, False)
         kind = self.step(())[0]
         self.stop()
@@ -280,232 +238,12 @@ class _Runtime:
         used: int = self.lua.get_memory_used()
         return used > self.spec.max_memory // 2
 
-    # -- the wardgate.req / wardgate.resp API --------------------------------------------------------------
-
-    def _flow(self, *phases: str) -> HttpFlow:
-        if self.flow is None or self.phase not in phases:
-            allowed = " or ".join("onRequest" if p == _REQUEST else "onResponse" for p in phases)
-            raise LuaScriptError(f"only available in {allowed}")
-        return self.flow
-
-    def _response(self) -> Response:
-        response = self._flow(_RESPONSE).response
-        assert response is not None
-        return response
-
-    def get_body(self) -> bytes:
-        return self._flow(_REQUEST, _RESPONSE).request.body
-
-    def set_body(self, body: object) -> None:
-        self._flow(_REQUEST).request.body = _text(body, "the body")
-
-    def get_header(self, name: object) -> bytes | None:
-        value = self._flow(_REQUEST, _RESPONSE).request.headers.get(_text(name, "a header name").decode("latin-1"))
-        return None if value is None else value.encode("latin-1")
-
-    def set_header(self, name: object, value: object) -> None:
-        self._flow(_REQUEST).request.headers[_header_name(name)] = _header_value(value)
-
-    def delete_header(self, name: object) -> None:
-        self._flow(_REQUEST).request.headers.popall(_header_name(name), None)
-
-    def get_path(self) -> bytes:
-        return self._flow(_REQUEST, _RESPONSE).request.path.encode("latin-1")
-
-    def set_path(self, path: object) -> None:
-        self._flow(_REQUEST).request.path = _check_path(_text(path, "the path"))
-
-    def get_method(self) -> bytes:
-        return self._flow(_REQUEST, _RESPONSE).request.method.encode()
-
-    def _query(self) -> list[tuple[str, str]]:
-        return parse_qsl(self._flow(_REQUEST, _RESPONSE).request.query, keep_blank_values=True)
-
-    def get_query(self, name: object) -> bytes | None:
-        key = _text(name, "a query parameter").decode("utf-8", "replace")
-        return next((v.encode() for k, v in self._query() if k == key), None)
-
-    def set_query(self, name: object, value: object) -> None:
-        key = _text(name, "a query parameter").decode("utf-8", "replace")
-        pairs = [(k, v) for k, v in self._query() if k != key]
-        pairs.append((key, _text(value, "a query value").decode("utf-8", "replace")))
-        self._flow(_REQUEST).request.query = urlencode(pairs, quote_via=quote)
-
-    def delete_query(self, name: object) -> None:
-        key = _text(name, "a query parameter").decode("utf-8", "replace")
-        self._flow(_REQUEST).request.query = urlencode([(k, v) for k, v in self._query() if k != key], quote_via=quote)
-
-    def answer_with_body(self, body: object) -> None:
-        self._flow(_REQUEST)
-        self.answered, self.answer_body = True, _text(body, "the response body")
-
-    def answer_with_status(self, status: object) -> None:
-        self._flow(_REQUEST)
-        self.answered, self.answer_status = True, _status(status)
-
-    def exit(self, status: object) -> None:
-        self._flow(_REQUEST)
-        self.answered, self.answer_status = True, _status(status)
-
-    def edit_response_header(self, name: object, value: object) -> None:
-        if self._flow(_REQUEST, _RESPONSE) and self.phase == _RESPONSE:
-            self._response().headers[_header_name(name)] = _header_value(value)
-        else:
-            self.header_edits.append((_header_name(name), _header_value(value)))
-
-    def delete_response_header(self, name: object) -> None:
-        if self._flow(_REQUEST, _RESPONSE) and self.phase == _RESPONSE:
-            self._response().headers.popall(_header_name(name), None)
-        else:
-            self.header_edits.append((_header_name(name), None))
-
-    def resp_get_body(self) -> bytes:
-        return self._response().body or b""
-
-    def resp_set_body(self, body: object) -> None:
-        self._response().body = _text(body, "the response body")
-
-    def resp_get_code(self) -> int:
-        return self._response().status
-
-    def resp_get_header(self, name: object) -> bytes | None:
-        value = self._response().headers.get(_text(name, "a header name").decode("latin-1"))
-        return None if value is None else value.encode("latin-1")
-
-    def resp_set_status(self, status: object) -> None:
-        self._response().status = _status(status)
-
-    def ctx(self) -> Any:
-        converted = self._to_lua(self._flow(_REQUEST, _RESPONSE).ctx, 0)
-        self.charge(0)
-        return converted
-
-    # -- json, base64, strings -------------------------------------------------------------------------
-
-    def _to_lua(self, value: Any, depth: int) -> Any:
-        if depth > MAX_DEPTH:
-            raise LuaScriptError("value nested too deeply")
-        if isinstance(value, str):
-            return value.encode()
-        if isinstance(value, dict) or hasattr(value, "items"):
-            self.units -= len(value)
-            return self.lua.table_from({str(k).encode(): self._to_lua(v, depth + 1) for k, v in value.items()})
-        if isinstance(value, list | tuple):
-            self.units -= len(value)
-            return self.mark_array(self.lua.table_from([self._to_lua(v, depth + 1) for v in value]))
-        return value
-
-    def json_decode(self, text: object) -> Any:
-        raw = _text(text, "json.decode's argument")
-        self.charge(len(raw) // 16)
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise LuaScriptError(f"json.decode: {exc}") from exc
-        converted = self._to_lua(value, 0)
-        self.charge(0)
-        return converted
-
-    def _from_lua(self, value: Any, depth: int) -> Any:
-        kind = type(value)
-        if kind is bytes:
-            try:
-                return value.decode()
-            except UnicodeDecodeError as exc:
-                raise LuaScriptError("json.encode: a string is not valid UTF-8") from exc
-        if kind is int or kind is bool or value is None:
-            return value
-        if kind is float:
-            if value != value or value in (_INF, -_INF):
-                raise LuaScriptError("json.encode: NaN and infinity have no JSON form")
-            return value
-        lua_kind = lupa.lua_type(value)
-        if lua_kind != "table":
-            raise LuaScriptError(f"json.encode: cannot encode a {lua_kind or kind.__name__}")
-        if depth > MAX_DEPTH:
-            raise LuaScriptError("json.encode: nested too deeply (or a cycle)")
-        items = list(value.items())
-        self.units -= len(items) * 8
-        mark = self.kind(value)
-        if mark == 2 or (mark == 0 and items and not all(type(k) is int for k, _ in items)):
-            return self._object(items, depth)
-        if not items:
-            return [] if mark == 1 else {}
-        return self._array(items, depth)
-
-    def _object(self, items: list[tuple[Any, Any]], depth: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, item in items:
-            if isinstance(key, bytes):
-                name = key.decode("utf-8", "replace")
-            elif isinstance(key, int | float) and not isinstance(key, bool):
-                name = str(key)
-            else:
-                raise LuaScriptError(f"json.encode: a {type(key).__name__} cannot be an object key")
-            out[name] = self._from_lua(item, depth + 1)
-        return out
-
-    def _array(self, items: list[tuple[Any, Any]], depth: int) -> list[Any]:
-        if not all(type(k) is int for k, _ in items):
-            raise LuaScriptError("json.encode: an array (json.array or decoded) has non-integer keys")
-        keys = [k for k, _ in items]
-        low, high = min(keys), max(keys)
-        if low < 0:
-            raise LuaScriptError("json.encode: negative array index")
-        if high > 2 * len(items) + 16:
-            raise LuaScriptError("json.encode: array too sparse (holes become null only up to 2x its size)")
-        slots: list[Any] = [None] * (high + 1)
-        for key, item in items:
-            slots[key] = self._from_lua(item, depth + 1)
-        return slots if low == 0 else slots[1:]
-
-    def json_encode(self, value: object) -> bytes:
-        try:
-            plain = self._from_lua(value, 0)
-            self.charge(0)
-            return orjson.dumps(plain)
-        except orjson.JSONEncodeError as exc:
-            raise LuaScriptError(f"json.encode: {exc}") from exc
-
-    def json_schema_valid(self, schema: object, document: object) -> bool:
-        schema_text = self.json_encode(schema) if lupa.lua_type(schema) == "table" else _text(schema, "schema")
-        text = _text(document, "the document")
-        self.charge(len(text) // 8)
-        validate = _schema_validator(schema_text.decode("utf-8", "replace"))
-        try:
-            validate(orjson.loads(text))
-        except (orjson.JSONDecodeError, fastjsonschema.JsonSchemaValueException):
-            return False
-        return True
-
-    def base64_decode(self, text: object) -> bytes:
-        try:
-            return base64.b64decode(_text(text, "base64.decode's argument"), validate=True)
-        except binascii.Error as exc:
-            raise LuaScriptError(f"base64.decode: {exc}") from exc
-
-    def _unicode(self, value: object, change: Callable[[str], str]) -> bytes:
-        text = _text(value, "s").decode("utf-8", "surrogateescape")
-        return change(text).encode("utf-8", "surrogateescape")
-
-    def strings_trim(self, value: object, cutset: object = None) -> bytes:
-        text = _text(value, "s").decode("utf-8", "surrogateescape")
-        cut = None if cutset is None else _text(cutset, "cutset").decode("utf-8", "surrogateescape")
-        return text.strip(cut).encode("utf-8", "surrogateescape")
-
-    def strings_split(self, value: object, sep: object) -> Any:
-        text, by = _text(value, "s"), _text(sep, "sep")
-        self.charge(len(text) // 16)
-        if by:
-            parts = text.split(by)
-        else:
-            parts = [c.encode("utf-8", "surrogateescape") for c in text.decode("utf-8", "surrogateescape")]
-        return self.mark_array(self.lua.table_from(parts))
-
     def http_base(self, url: object) -> bytes:
-        self._flow(_REQUEST, _RESPONSE)
+        self._flow(REQUEST, RESPONSE)
+        if not isinstance(url, bytes):
+            raise LuaScriptError("the base URL must be a string")
         try:
-            return self.http.base(_text(url, "the base URL").decode("latin-1")).encode()
+            return self.http.base(url.decode("latin-1")).encode()
         except HttpPolicyError as exc:
             raise LuaScriptError(str(exc)) from exc
 
@@ -573,9 +311,10 @@ class _LuaBase:
         runtime = await self.pool.acquire()
         discard = True
         try:
-            fn = runtime.on_request if phase == _REQUEST else runtime.on_response
+            fn = runtime.on_request if phase == REQUEST else runtime.on_response
             runtime.begin(flow, phase)
-            args: tuple[Any, ...] = (runtime.start(fn, True),)
+            runtime.start(fn, True)
+            args: tuple[Any, ...] = ()
             calls = 0
             while True:
                 out = runtime.step(args)
@@ -590,16 +329,17 @@ class _LuaBase:
             self.pool.release(runtime, discard)
 
     async def _call(self, runtime: _Runtime, request: tuple[Any, ...], calls: int) -> tuple[Any, ...]:
-        base, method, path, headers, body = request
+        base, method, path, flat, body = request
         if calls > self.spec.http.max_calls:
             return None, f"more than {self.spec.http.max_calls} http calls in one call (lua.http.maxCalls)".encode()
+        fields = flat.split(b"\0")[:-1]
         try:
             result = await self._http.call(
                 self._session(),
                 base.decode("latin-1"),
                 method.decode(),
                 path.decode("latin-1"),
-                self._http.request_headers(list(headers.items())),
+                self._http.request_headers(list(zip(fields[::2], fields[1::2], strict=True))),
                 body,
             )
         except HttpPolicyError as exc:
@@ -607,8 +347,8 @@ class _LuaBase:
         if isinstance(result, str):
             return None, result.encode()
         status, data, response_headers = result
-        table = runtime.lua.table_from({k.encode(): v.encode("latin-1") for k, v in response_headers.items()})
-        return status, data, table
+        names = b"".join(k.encode("latin-1") + b"\0" + v.encode("latin-1") + b"\0" for k, v in response_headers.items())
+        return status, data, names
 
     def response_headers(self, flow: HttpFlow) -> None:
         edits: list[tuple[str, str | None]] = flow.metadata.get(self.name, ())
@@ -623,7 +363,7 @@ class _LuaBase:
 
 class _OnRequest(_LuaBase):
     async def request(self, flow: HttpFlow) -> None:
-        runtime = await self._invoke(flow, _REQUEST)
+        runtime = await self._invoke(flow, REQUEST)
         assert runtime is not None
         if runtime.header_edits:
             flow.metadata[self.name] = runtime.header_edits
@@ -634,7 +374,7 @@ class _OnRequest(_LuaBase):
 
 class _OnResponse(_LuaBase):
     async def response(self, flow: HttpFlow) -> None:
-        await self._invoke(flow, _RESPONSE)
+        await self._invoke(flow, RESPONSE)
 
 
 class LuaRequestPlugin(_OnRequest):

@@ -1,9 +1,16 @@
 """The privileged Lua prelude: run once per runtime, it builds the sandbox the scripts run in.
 
 It runs with the full standard library, captures what the driver needs (debug.sethook, coroutines,
-load in text mode), builds the script environment from safe copies and the Wardgate API, then drops
-the dangerous globals. Scripts only ever see `env`; nothing here is reachable from it except through
-the closures deliberately put there.
+load in text mode), loads the JSON codec (lua_json) and the library guards (lua_limits), builds the
+script environment from safe copies and the Wardgate API, then drops the dangerous globals. Scripts
+only ever see `env`; nothing here is reachable from it except through the closures deliberately put
+there.
+
+The count hook runs every HOOK_EVERY instructions while the heap is small and more often as it grows
+(down to every MIN_EVERY at BASE_KB * HOOK_EVERY / MIN_EVERY KiB): one instruction on strings of
+megabytes (`..`, `==`, `<`) costs milliseconds, so the interval shrinks in proportion. Python never
+receives a Lua table from this module (converting one allocates in Lua outside any error handler):
+HTTP headers cross as one string of NUL-separated names and values.
 """
 
 from __future__ import annotations
@@ -14,20 +21,47 @@ local sethook, rawmeta = debug.sethook, debug.getmetatable
 local cocreate, coresume, costatus, coyield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
 local load, type, error, select, setmetatable, getmetatable = load, type, error, select, setmetatable, getmetatable
 local pcall, xpcall, rawget, rawequal, pairs, next, tostring = pcall, xpcall, rawget, rawequal, pairs, next, tostring
-local strfind, strsub, utf8len = string.find, string.sub, utf8.len
+local strfind, strsub, utf8len, utf8offset, concat = string.find, string.sub, utf8.len, utf8.offset, table.concat
+local gcount, floor = collectgarbage, math.floor
 
 local HTTP, EXIT = {}, {}
-local ARRAY = {__name = "json.array"}
-local OBJECT = {__name = "json.object"}
-local HOOK_EVERY = P.hook_every
+local HOOK_EVERY, MIN_EVERY, BASE_KB, QUANTUM = P.hook_every, P.min_every, P.base_kb, P.quantum
 local exhausted = false
+local every, work = HOOK_EVERY, 0
+local current_co
 
 local function hook()
-  if not P.tick() then
+  if not P.tick(every) then
     exhausted = true
     error("bound exceeded", 0)
   end
+  local kb = gcount("count")
+  local want = HOOK_EVERY
+  if kb > BASE_KB then
+    want = floor(HOOK_EVERY * BASE_KB / kb)
+    if want < MIN_EVERY then want = MIN_EVERY end
+  end
+  if want ~= every then
+    every = want
+    sethook(current_co, hook, "", every)
+  end
 end
+
+-- Work done inside a C call (a pattern match, a chunk of table.move) brings the time check forward.
+local function spend(units)
+  work = work + units
+  if work >= QUANTUM then
+    work = 0
+    if not P.tick(0) then
+      exhausted = true
+      error("bound exceeded", 0)
+    end
+  end
+end
+
+local J = load(P.json_src, "=json", "t")()
+local ARRAY, OBJECT = J.ARRAY, J.OBJECT
+local L = load(P.limits_src, "=limits", "t")({spend = spend, find_plain = P.find_plain, step_limit = P.step_limit})
 
 local function readonly(t, name)
   return setmetatable({}, {
@@ -59,8 +93,34 @@ local function checkstr(v, what)
 end
 
 -- strings: the byte-level helpers stay in Lua, Unicode-aware ones go to Python.
+local function split(s, sep)
+  checkstr(s, "s")
+  checkstr(sep, "sep")
+  local parts, n, pos = setmetatable({}, ARRAY), 0, 1
+  if sep == "" then
+    while pos <= #s do
+      local stop = pos
+      if utf8len(s, pos, pos) == 1 then stop = utf8offset(s, 2, pos) - 1 end
+      n = n + 1
+      parts[n] = strsub(s, pos, stop)
+      pos = stop + 1
+    end
+    return parts
+  end
+  while true do
+    local a, b = L.find(s, sep, pos, true)
+    n = n + 1
+    if a == nil then
+      parts[n] = strsub(s, pos)
+      return parts
+    end
+    parts[n] = strsub(s, pos, a - 1)
+    pos = b + 1
+  end
+end
+
 local strings = {
-  contains = function(s, sub) return strfind(checkstr(s, "s"), checkstr(sub, "substr"), 1, true) ~= nil end,
+  contains = function(s, sub) return L.contains(checkstr(s, "s"), checkstr(sub, "substr")) end,
   hasPrefix = function(s, p) checkstr(s, "s"); checkstr(p, "prefix"); return strsub(s, 1, #p) == p end,
   hasSuffix = function(s, p) checkstr(s, "s"); checkstr(p, "suffix"); return p == "" or strsub(s, -#p) == p end,
   lenUnicode = function(s)
@@ -71,14 +131,17 @@ local strings = {
   end,
   toLower = P.strings_lower,
   toUpper = P.strings_upper,
-  split = P.strings_split,
+  split = split,
   trim = P.strings_trim,
 }
 
 local json = {
-  decode = P.json_decode,
-  encode = P.json_encode,
-  isSchemaValid = P.json_schema_valid,
+  decode = J.decode,
+  encode = J.encode,
+  isSchemaValid = function(schema, doc)
+    if type(schema) == "table" then schema = J.encode(schema) end
+    return P.json_schema_valid(schema, doc)
+  end,
   array = function(t)
     t = t or {}
     if type(t) ~= "table" or (rawmeta(t) ~= nil and rawmeta(t) ~= ARRAY) then
@@ -115,8 +178,21 @@ function Request:setHeader(k, v)
 end
 local function call(r, method, path)
   checkstr(path, "path")
-  local code, body, headers = coyield(HTTP, r._base, method, path, r._headers, r._body)
+  local flat, n = {}, 0
+  for k, v in pairs(r._headers) do
+    if strfind(k, "\0", 1, true) or strfind(v, "\0", 1, true) then error("http client: a header has a NUL", 3) end
+    flat[n + 1], flat[n + 2], n = k, v, n + 2
+  end
+  flat[n + 1] = ""
+  local code, body, raw = coyield(HTTP, r._base, method, path, concat(flat, "\0", 1, n + 1), r._body)
   if code == nil then return nil, body end
+  local headers, pos = {}, 1
+  while pos <= #raw do
+    local a = strfind(raw, "\0", pos, true)
+    local b = strfind(raw, "\0", a + 1, true)
+    headers[strsub(raw, pos, a - 1)] = strsub(raw, a + 1, b - 1)
+    pos = b + 1
+  end
   return setmetatable({_code = code, _body = body, _headers = headers}, Response), nil
 end
 function Request:get(path) return call(self, "GET", path) end
@@ -151,22 +227,14 @@ local wardgate = setmetatable({}, {
   __metatable = false,
 })
 
-local function new_ctx()
-  local real
-  local function get()
-    if real == nil then real = P.ctx() end
-    return real
-  end
-  return setmetatable({}, {
-    __index = function(_, k) return get()[k] end,
-    __newindex = function() error("ctx is read-only", 2) end,
-    __pairs = function() return next, get(), nil end,
-    __len = function() return 0 end,
-    __metatable = false,
-  })
-end
+local function new_ctx() return J.lazy(P.ctx_node, P.ctx_raw, 0, 2) end
 
-local safe_string = readonly(copy(string, {dump = true}), "string")
+local string_lib = copy(string, {dump = true})
+string_lib.find, string_lib.match, string_lib.gmatch, string_lib.gsub = L.find, L.match, L.gmatch, L.gsub
+string_lib.rep = L.rep
+local table_lib = copy(table)
+table_lib.move, table_lib.sort = L.move, L.sort
+local safe_string = readonly(string_lib, "string")
 local smeta = rawmeta("")
 smeta.__index = safe_string
 smeta.__metatable = false
@@ -191,7 +259,7 @@ local env = {
   unpack = table.unpack,
   _VERSION = _VERSION,
   string = safe_string,
-  table = readonly(copy(table), "table"),
+  table = readonly(table_lib, "table"),
   math = readonly(copy(math), "math"),
   utf8 = readonly(copy(utf8), "utf8"),
   json = readonly(json, "json"),
@@ -231,23 +299,29 @@ local function finish(co, ok, ...)
 end
 
 -- One call at a time per runtime: the running coroutine stays here (lupa cannot hand threads out).
-local current_co
+local first_step = false
 
 function R.start(fn, with_ctx)
-  exhausted = false
+  exhausted, every, work = false, HOOK_EVERY, 0
   current_co = cocreate(fn)
   sethook(current_co, hook, "", HOOK_EVERY)
   current_ctx = with_ctx and new_ctx() or nil
-  return current_ctx
+  first_step = true
 end
 
 function R.step(...)
+  if first_step then
+    first_step = false
+    return finish(current_co, coresume(current_co, current_ctx))
+  end
   return finish(current_co, coresume(current_co, ...))
 end
 
 function R.stop()
   current_co, current_ctx = nil, nil
 end
+
+function R.collect() gcount("collect") end
 
 function R.compile(source, chunkname)
   local chunk, err = load(source, "=" .. chunkname, "t", env)
@@ -269,15 +343,6 @@ function R.freeze()
     __metatable = false,
   })
 end
-
-function R.kind(t)
-  local mt = rawmeta(t)
-  if mt == ARRAY then return 1 end
-  if mt == OBJECT then return 2 end
-  return 0
-end
-
-function R.array(t) return setmetatable(t, ARRAY) end
 
 return R
 """
