@@ -146,7 +146,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     node = socket.gethostname()
     # `run` makes the board before it spawns the other workers; a lone serve() makes its own.
     path = board_path(home)
-    board = WorkerBoard(path, slot) if workers > 1 else WorkerBoard.create(path, 1)
+    board = WorkerBoard(path, slot) if workers > 1 or slot > 0 else WorkerBoard.create(path, 1)
     board.claim()
     propagation = BoardPropagation(board)
     store = SQLiteStore(home.path(settings.store.path), Sealer.from_file(home.store_key))
@@ -298,8 +298,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.slot == 0:
         # The board must exist before a secondary maps it: the primary makes it before spawning.
         WorkerBoard.create(board_path(home), args.workers).close()
-        command = [sys.executable, "-m", "cluster", "run", "--home", str(home.root), "--slot"]
-        children = [subprocess.Popen([*command, str(slot)]) for slot in range(1, args.workers)]
+        command = [sys.executable, "-m", "cluster", "run", "--home", str(home.root), "--workers", str(args.workers)]
+        children = [subprocess.Popen([*command, "--slot", str(slot)]) for slot in range(1, args.workers)]
     try:
         with contextlib.suppress(KeyboardInterrupt):
             uvloop.run(serve(home, slot=args.slot, workers=args.workers))

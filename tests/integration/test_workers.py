@@ -95,7 +95,11 @@ async def _check_rounds(cluster: RunningCluster) -> None:
             json={"name": name, "user": "bot", "type": "oauth2"}, headers=admin,
         )  # fmt: skip
         assert status == 200 and created is not None, (status, created)
-        form = {"grant_type": "client_credentials", "client_id": created["clientId"], "client_secret": created["clientSecret"]}
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": created["clientId"],
+            "client_secret": created["clientSecret"],
+        }
         token = None
         for _ in range(TOKEN_CALLS):
             status, body = await _status(cluster, ssl, "POST", token_url, data=form)
@@ -104,7 +108,9 @@ async def _check_rounds(cluster: RunningCluster) -> None:
             else:
                 token = body["access_token"]
         assert token is not None
-        status, _ = await _status(cluster, ssl, "POST", chat, json=request, headers={"Authorization": f"Bearer {token}"})
+        status, _ = await _status(
+            cluster, ssl, "POST", chat, json=request, headers={"Authorization": f"Bearer {token}"}
+        )
         assert status == 200
         status, _ = await _status(cluster, ssl, "DELETE", cluster.url + f"/api/v1/credentials/{name}", headers=admin)
         assert status == 200

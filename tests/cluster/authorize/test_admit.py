@@ -108,9 +108,7 @@ def test_a_service_rule_allows_and_names_itself() -> None:
         ),
     ],
 )
-def test_refusals(
-    docs: tuple[dict[str, Any], ...], target: str, who: str, refused: Refused, reason: str
-) -> None:
+def test_refusals(docs: tuple[dict[str, Any], ...], target: str, who: str, refused: Refused, reason: str) -> None:
     outcome = run(state_of(*docs), facts(), target, who)
     assert isinstance(outcome, Refusal)
     assert outcome.refused is refused
@@ -223,7 +221,7 @@ def test_a_body_over_the_parse_limit_is_refused_where_a_rule_reads_it(condition:
 
 
 def test_a_body_over_the_parse_limit_is_refused_where_a_rego_rule_reads_it() -> None:
-    rego = "package p\ndefault allow := false\nallow if input.ctx.request.http.bodyMap.model == \"gpt-4o\""
+    rego = 'package p\ndefault allow := false\nallow if input.ctx.request.http.bodyMap.model == "gpt-4o"'
     state = state_of(limited(rules=(rule("ALLOW", {"opa": {"inline": rego}}),)), user())
     outcome = run(state, facts(body=BIG))
     assert isinstance(outcome, Refusal) and outcome.refused is Refused.TOO_LARGE_TO_INSPECT

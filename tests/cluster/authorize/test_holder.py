@@ -25,7 +25,11 @@ from tests.factories import make_service, make_user
 def session(name: str) -> Session:
     expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     return Session.model_validate(
-        {"kind": "Session", "metadata": {"name": name}, "spec": {"user": "alice", "type": "CLIENTLESS", "expiresAt": expires}}
+        {
+            "kind": "Session",
+            "metadata": {"name": name},
+            "spec": {"user": "alice", "type": "CLIENTLESS", "expiresAt": expires},
+        }
     )
 
 

@@ -50,7 +50,9 @@ def start(children: list[subprocess.Popen[str]], path: Path, slot: int, target: 
     return child.pid
 
 
-async def test_settle_waits_for_every_worker_and_nudges_them(tmp_path: Path, spawn: list[subprocess.Popen[str]]) -> None:
+async def test_settle_waits_for_every_worker_and_nudges_them(
+    tmp_path: Path, spawn: list[subprocess.Popen[str]]
+) -> None:
     path = tmp_path / "workers"
     board = WorkerBoard.create(path, 3)
     board.claim()
