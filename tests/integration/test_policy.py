@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.integration.gateway_env import Gateway, apply_docs, create_credential, fetch_token, raw
@@ -269,3 +270,51 @@ async def test_policy_eval_and_the_gateway_decide_alike_on_headers_and_query(gw:
         evaluated = json.loads(result.stdout)["decision"]
         assert {k: evaluated.get(k) for k in keys} == on_gateway, (path, headers)
         assert (status == 200) == (on_gateway["effect"] == "ALLOW"), (path, headers, status)
+
+
+def _group(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    inline = [{"spec": {"rules": rules}}]
+    return {"kind": "Group", "metadata": {"name": name}, "spec": {"authorization": {"inlinePolicies": inline}}}
+
+
+async def test_a_catch_all_group_rule_for_services_never_opens_the_admin_api(gw: Gateway, tmp_path: Path) -> None:
+    """The escalation the attack suite found: ALLOW `matchAny: true` on a Group ("this team may use every
+    Service") let its members read Secrets' metadata, mint a credential for root and use it."""
+    everything = _group("dev", [{"effect": "ALLOW", "condition": {"matchAny": True}}])
+    apply_docs(gw.cluster, [everything], tmp_path)
+    token = await fetch_token(gw, "bob-oauth", gw.client_secrets["bob"])  # bob is in dev only
+    as_bob = {"Authorization": f"Bearer {token}"}
+    assert (await raw(gw, "POST", "gemini", "/v1/chat/completions", json=ALLOWED, headers=as_bob))[0] == 200
+    ssl = gw.ssl_context()
+    attempts = [
+        ("GET", "/api/v1/secrets", None),
+        ("GET", "/api/v1/secrets/gemini-api-key", None),
+        ("GET", "/api/v1/users", None),
+        ("POST", "/api/v1/credentials", {"name": "pwn", "user": "root", "type": "access-token"}),
+        ("PUT", "/api/v1/groups/admins", {"kind": "Group", "metadata": {"name": "admins"}, "spec": {}}),
+        ("DELETE", "/api/v1/sessions/anything", None),
+        ("POST", "/api/v1/policy/eval", {"service": "gemini", "user": "root"}),
+        ("GET", "/agent/v1/watch", None),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for method, path, body in attempts:
+            async with session.request(method, gw.cluster.url + path, json=body, headers=as_bob, ssl=ssl) as r:
+                text = await r.text()
+                assert r.status == 403, (method, path, r.status, text)
+                assert "gemini-api-key" not in text and "wgt." not in text
+    assert "pwn" not in gw.cluster.ctl("get", "credentials", check=True).stdout
+    # A rule that names the admin scope does open it, for what it says.
+    list_services = "ctx.request.http.method == 'GET' && ctx.request.http.path == '/api/v1/services'"
+    scoped = _group(
+        "dev",
+        [
+            {"effect": "ALLOW", "condition": {"matchAny": True}},
+            {"effect": "ALLOW", "scope": "ADMIN", "condition": {"match": list_services}},
+        ],
+    )
+    apply_docs(gw.cluster, [scoped], tmp_path)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.cluster.url + "/api/v1/services", headers=as_bob, ssl=ssl) as r:
+            assert r.status == 200
+        async with session.get(gw.cluster.url + "/api/v1/secrets", headers=as_bob, ssl=ssl) as r:
+            assert r.status == 403
