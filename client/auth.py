@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
-from client.api import ClientError
+from client.errors import ClientError
 from client.state import LoginState, StateFiles
 from client.user_api import UserApi
 

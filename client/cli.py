@@ -22,8 +22,8 @@ from pathlib import Path
 
 from agent.wg import WireGuardError
 from client import resolver, tunnel
-from client.api import ClientError
 from client.auth import login, not_logged_in, refresh_if_due, signed_in
+from client.errors import ClientError
 from client.state import ConnectionState, LoginState, StateFiles
 from client.user_api import SessionEnded
 

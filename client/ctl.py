@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from client.api import ApiClient, ClientError, resolve_connection
+from client.admin_api import AdminApi, resolve_connection
+from client.errors import ClientError
 from cluster.resources.kinds import KINDS, plural_to_kind
 from cluster.resources.manifest import ManifestError, parse_documents
 
@@ -97,7 +98,7 @@ def print_table(kind: str, items: list[dict[str, Any]]) -> None:
         print("   ".join(r[h].ljust(widths[h]) for h in headers).rstrip())
 
 
-async def cmd_apply(api: ApiClient, args: argparse.Namespace) -> int:
+async def cmd_apply(api: AdminApi, args: argparse.Namespace) -> int:
     documents = read_documents(args.filename)
     result = await api.call(
         "POST", "/api/v1/apply", {"documents": documents, "dryRun": args.dry_run, "prune": args.prune}
@@ -110,7 +111,7 @@ async def cmd_apply(api: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_get(api: ApiClient, args: argparse.Namespace) -> int:
+async def cmd_get(api: AdminApi, args: argparse.Namespace) -> int:
     kind = plural_to_kind(args.kind)
     plural = KINDS[kind].plural
     if args.name:
@@ -128,7 +129,7 @@ async def cmd_get(api: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_delete(api: ApiClient, args: argparse.Namespace) -> int:
+async def cmd_delete(api: AdminApi, args: argparse.Namespace) -> int:
     kind = plural_to_kind(args.kind)
     result = await api.call("DELETE", f"/api/v1/{KINDS[kind].plural}/{args.name}")
     print(f"{kind.lower()}/{args.name} deleted")
@@ -144,7 +145,7 @@ def _read_value_file(path: str) -> str:
         raise ClientError(f"--from-file: {exc}") from None
 
 
-async def cmd_create_secret(api: ApiClient, args: argparse.Namespace) -> int:
+async def cmd_create_secret(api: AdminApi, args: argparse.Namespace) -> int:
     value = args.value if args.value is not None else _read_value_file(args.from_file)
     body = {"kind": "Secret", "metadata": {"name": args.name}, "spec": {"data": {"value": value}}}
     result = await api.call("PUT", f"/api/v1/secrets/{args.name}", body)
@@ -154,7 +155,7 @@ async def cmd_create_secret(api: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_create_credential(api: ApiClient, args: argparse.Namespace) -> int:
+async def cmd_create_credential(api: AdminApi, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": args.name, "user": args.user, "type": args.type}
     if args.expires_in:
         body["expiresIn"] = args.expires_in
@@ -180,7 +181,7 @@ def _read_body_arg(value: str | None) -> Any:
         return text
 
 
-async def cmd_policy_eval(api: ApiClient, args: argparse.Namespace) -> int:
+async def cmd_policy_eval(api: AdminApi, args: argparse.Namespace) -> int:
     """Exit 0 when allowed, 3 when denied (so scripts and CI can assert on policies)."""
     headers = dict(h.split(":", 1) for h in args.header) if args.header else {}
     result = await api.call(
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _main(args: argparse.Namespace) -> int:
     connection = resolve_connection(args.config, args.url, args.ca, args.token)
-    async with ApiClient(connection) as api:
+    async with AdminApi(connection) as api:
         code: int = await args.func(api, args)
         return code
 

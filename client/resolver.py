@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
-from client.api import ClientError
+from client.errors import ClientError
 from client.state import ResolverChange
 
 Mode = Literal["auto", "netns", "resolved", "resolv-conf", "off"]

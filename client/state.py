@@ -21,7 +21,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from client.api import ClientError
+from client.errors import ClientError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -36,7 +36,7 @@ from agent.wg.backend import open_device
 from agent.wg.netlink import KernelDevice, Links, kernel_module_loaded
 from agent.wg.uapi import UapiDevice
 from client import resolver
-from client.api import ClientError
+from client.errors import ClientError
 from client.state import ConnectionState, LoginState, StateFiles
 from client.user_api import SessionEnded, UserApi, split_address
 from cluster.resources.wire import ConnectResponse, NodePeer

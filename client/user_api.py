@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from pydantic import BaseModel, ValidationError
 
-from client.api import ClientError
+from client.errors import ClientError
 from cluster.resources.wire import (
     ConnectRequest,
     ConnectResponse,

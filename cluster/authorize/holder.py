@@ -50,7 +50,9 @@ class StateHolder:
         self._state = build_state(cache, compiler, self.plugins, self._admin_policies)
         self._built = cache.revision
         self._pending: int | None = None
-        """The lowest revision of a state-kind event not compiled yet."""
+        """The lowest revision of a state-kind event not compiled yet, and not in the build under way."""
+        self._building: int | None = None
+        """The lowest revision of a state-kind event the build under way compiles."""
         self.applied = cache.revision
         self._dirty = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -74,7 +76,8 @@ class StateHolder:
         self._advance()
 
     def _advance(self) -> None:
-        applied = self._cache.revision if self._pending is None else max(self._built, self._pending - 1)
+        blocked = [r for r in (self._pending, self._building) if r is not None]
+        applied = self._cache.revision if not blocked else max(self._built, min(blocked) - 1)
         if applied <= self.applied:
             return
         self.applied = applied
@@ -106,6 +109,7 @@ class StateHolder:
         revision = self._cache.revision
         snapshot = _Snapshot(self._cache)
         first, self._pending = self._pending, None
+        self._building = first
         try:
             state = await asyncio.to_thread(build_state, snapshot, self._compiler, self.plugins, self._admin_policies)
         except Exception:
@@ -114,6 +118,8 @@ class StateHolder:
                 self._pending = first if self._pending is None else min(first, self._pending)
             self._dirty.set()
             raise
+        finally:
+            self._building = None
         self._state = state
         self._built = revision
         self._advance()

@@ -15,7 +15,6 @@ import asyncio
 from typing import Protocol
 
 from cluster.errors import Unavailable
-from cluster.store.cache import ResourceCache
 
 SETTLE_TIMEOUT = 5.0
 
@@ -28,10 +27,16 @@ class Propagation(Protocol):
         ...
 
 
-class LocalPropagation:
-    """One worker: wait for this process's cache (and whatever rebuilds it drives) to reach the revision."""
+class Applied(Protocol):
+    """What a process has applied: its ResourceCache, or its gateway StateHolder (cache and compiled state)."""
 
-    def __init__(self, cache: ResourceCache, timeout: float = SETTLE_TIMEOUT) -> None:
+    async def wait_for(self, revision: int) -> None: ...
+
+
+class LocalPropagation:
+    """One worker: wait for this process's cache (or its gateway state) to reach the revision."""
+
+    def __init__(self, cache: Applied, timeout: float = SETTLE_TIMEOUT) -> None:
         self._cache = cache
         self._timeout = timeout
 

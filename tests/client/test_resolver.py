@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from client.api import ClientError
+from client.errors import ClientError
 from client.resolver import MARKER, current_netns, resolv_conf_text, restore, write_resolv_conf
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.api import ClientError
+from client.errors import ClientError
 from client.state import ConnectionState, LoginState, ResolverChange, StateFiles, config_dir
 
 LOGIN = LoginState(

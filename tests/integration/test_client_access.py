@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from agent.wg import PrivateKey
-from client.api import ClientError
+from client.errors import ClientError
 from client.user_api import SessionEnded, UserApi
 from cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, PeerStatus, TunnelNetwork, WatchEvent
 from tests.conftest import RunningCluster, start_cluster, stop_cluster

@@ -13,6 +13,7 @@ import pytest
 
 from cluster.authorize import holder as holder_module
 from cluster.authorize.holder import StateHolder
+from cluster.authorize.state import build_state
 from cluster.policy import cel
 from cluster.resources.session import Session
 from cluster.store import Create, Delete
@@ -67,7 +68,7 @@ async def test_a_service_change_is_compiled_before_its_revision_is_applied(node:
 
 async def test_sessions_advance_the_revision_without_a_rebuild(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     builds = 0
-    real = holder_module.build_state
+    real = build_state
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal builds
@@ -88,7 +89,7 @@ async def test_sessions_advance_the_revision_without_a_rebuild(node: Node, monke
 async def test_a_request_keeps_a_whole_state_while_a_rebuild_runs(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
     started = threading.Event()
-    real = holder_module.build_state
+    real = build_state
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         started.set()
@@ -114,7 +115,7 @@ async def test_a_request_keeps_a_whole_state_while_a_rebuild_runs(node: Node, mo
 
 async def test_a_failed_rebuild_keeps_the_old_state_and_is_retried(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = 0
-    real = holder_module.build_state
+    real = build_state
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls

@@ -1,4 +1,4 @@
-"""ApiClient: the admin API over HTTPS with the cluster CA, and where its settings come from."""
+"""AdminApi: wardgatectl's client of the admin API over HTTPS (cluster CA), and where its settings come from."""
 
 from __future__ import annotations
 
@@ -11,13 +11,7 @@ from typing import Any
 
 import aiohttp
 
-
-class ClientError(Exception):
-    """Anything the CLI reports to the user and exits non-zero for; `problems` are listed after it."""
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
+from client.errors import ClientError
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +53,8 @@ def resolve_connection(config: str | None, url: str | None, ca: str | None, toke
     return Connection(url=url.rstrip("/"), ca_file=ca, token=token)
 
 
-class ApiClient:
-    """Async admin API client; use as `async with ApiClient(conn) as api:`."""
+class AdminApi:
+    """Async admin API client; use as `async with AdminApi(conn) as api:`."""
 
     def __init__(self, connection: Connection) -> None:
         self._conn = connection
@@ -71,7 +65,7 @@ class ApiClient:
             timeout=aiohttp.ClientTimeout(total=60, connect=10),
         )
 
-    async def __aenter__(self) -> ApiClient:
+    async def __aenter__(self) -> AdminApi:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
