@@ -1,1 +1,2 @@
-"""What the cluster tells operators: access logs (and later traces and metrics)."""
+"""What the cluster tells operators: the typed access record, the access log, OTLP traces and logs, Prometheus
+metrics."""

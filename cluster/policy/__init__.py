@@ -1,1 +1,1 @@
-"""Policy: CEL conditions, rule evaluation and decisions."""
+"""Policy: CEL and Rego conditions, compiled once, and the rule engine that turns them into decisions."""

@@ -1,1 +1,2 @@
-"""The identity-aware L7 proxy: per-Service pipelines built from the cache, and the public listener."""
+"""The identity-aware L7 proxy: the public and tunnel listeners, the per-request exchange, header hygiene,
+CORS, upstream auth and the upstream call. Decisions come from cluster.authorize."""
