@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cluster.errors import Invalid
 from cluster.identity.addresses import TunnelSettings
 from cluster.observability.otlp import TelemetrySettings
+from cluster.proxy.connections import ConnectionLimits
 
 
 def _check_listen(value: str) -> str:
@@ -73,6 +74,7 @@ class ClusterSettings(BaseModel):
     log: LogSettings = Field(default_factory=LogSettings)
     tunnel: TunnelSettings = Field(default_factory=TunnelSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    limits: ConnectionLimits = Field(default_factory=ConnectionLimits)
 
 
 def base_url(settings: ClusterSettings) -> str:

@@ -48,6 +48,9 @@ from cluster.observability.accesslog import AccessLog
 from cluster.observability.metrics import Metrics
 from cluster.observability.otlp import Exporter
 from cluster.policy import cel, rego
+from cluster.proxy.assertion import AssertionSigner
+from cluster.proxy.connections import ConnectionGuard, ConnectionLimits
+from cluster.proxy.revocation import LiveConnections
 from cluster.proxy.server import Gateway, Listener, Telemetry, bearer_or_cookie
 from cluster.proxy.tunnel import TunnelListener, tunnel_gateway
 from cluster.proxy.upstream import Upstream
@@ -92,9 +95,11 @@ def _tunnel_listener(
     cache: ResourceCache,
     state: StateHolder,
     access_log: AccessLog,
-    client: aiohttp.ClientSession,
+    upstream: Upstream,
     node: str,
     telemetry: Telemetry,
+    limits: ConnectionLimits,
+    live: LiveConnections,
 ) -> TunnelListener | None:
     if not settings.enabled:
         return None
@@ -103,13 +108,14 @@ def _tunnel_listener(
         zone=network.dns_zone,
         identities=TunnelIdentities(cache),
         state=state,
-        upstream=Upstream(client, "http"),
+        upstream=upstream,
         access_log=access_log,
         node=node,
         telemetry=telemetry,
+        live=live,
     )
     addresses = [network.gateway_ipv4, network.gateway_ipv6]
-    return TunnelListener(gateway.handle, settings.interface, addresses, settings.http_port)
+    return TunnelListener(gateway.handle, settings.interface, addresses, settings.http_port, limits=limits, live=live)
 
 
 def _wireguard_metrics(agents: AgentApi) -> dict[str, list[tuple[str, float | None, int, int]]]:
@@ -182,9 +188,11 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     agents = AgentApi(cache, settings.tunnel, settings.domain)
     agents.install(admin_app)
     wireguard_peers.append(agents)
-    admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+    limits = settings.limits
+    admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False, **limits.server_options())
     await admin_runner.setup()
-    admin_site = web.TCPSite(admin_runner, *_host_port(settings.admin.listen), ssl_context=tls)
+    assert admin_runner.server is not None
+    admin_guard = ConnectionGuard(admin_runner.server, limits, name="admin", cap=False)
 
     client = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -224,22 +232,42 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         )
     )
     telemetry = Telemetry(metrics, exporter)
+    # Revocation ends this worker's open connections of the revoked identity (each worker follows the feed).
+    live = LiveConnections()
+    live.follow(cache)
+    assertions = AssertionSigner(tokens.key, base_url(settings))
     gateway = Gateway(
         domain=settings.domain,
         listener=Listener("public", "https", True, bearer_or_cookie(authenticator), login.login_url),
         state=state,
-        upstream=Upstream(client, "https"),
+        upstream=Upstream(client, "https", assertions),
         access_log=access_log,
         apex=apex,
         node=node,
         telemetry=telemetry,
+        live=live,
     )
-    public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None)
-    tunnel = _tunnel_listener(settings.tunnel, settings.domain, cache, state, access_log, client, node, telemetry)
+    public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None, **limits.server_options())
+    public_guard = ConnectionGuard(public_server, limits, name="public", cap=True, on_close=live.forget)
+    tunnel = _tunnel_listener(
+        settings.tunnel,
+        settings.domain,
+        cache,
+        state,
+        access_log,
+        Upstream(client, "http", assertions),
+        node,
+        telemetry,
+        limits,
+        live,
+    )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(NUDGE, store.poke)
     public_host, public_port = _host_port(settings.public.listen)
-    listener = await loop.create_server(public_server, public_host, public_port, ssl=tls, backlog=1024, reuse_port=True)
+    listener = await loop.create_server(
+        public_guard, public_host, public_port, ssl=tls, backlog=1024, reuse_port=True, **limits.tls_options()
+    )
+    admin_listener: asyncio.Server | None = None
 
     # Startup objects (compiled state, modules) never die: freeze them out of the collector's scans, and
     # collect young objects less often (profiling showed ~7 % of request CPU in the collector).
@@ -256,7 +284,9 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
             janitor = tasks.create_task(expire_sessions(store, cache)) if primary else None
             tunnel_task = tasks.create_task(tunnel.run()) if tunnel is not None else None
             if primary:
-                await admin_site.start()
+                admin_listener = await loop.create_server(
+                    admin_guard, *_host_port(settings.admin.listen), ssl=tls, backlog=128, **limits.tls_options()
+                )
             log.info(
                 "admin API on https://%s; public listener on %s for *.%s (%s)",
                 settings.admin.listen,
@@ -279,6 +309,8 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         await listener.wait_closed()
         if tunnel is not None:
             await tunnel.shutdown()
+        if admin_listener is not None:
+            admin_listener.close()
         await admin_runner.cleanup()
         await apex.aclose()
         await client.close()

@@ -27,7 +27,9 @@ from cluster.errors import Refused
 from cluster.identity.addresses import TunnelIdentities
 from cluster.identity.authenticate import Identity
 from cluster.observability.accesslog import AccessLog
+from cluster.proxy.connections import ConnectionGuard, ConnectionLimits
 from cluster.proxy.exchange import openai_error
+from cluster.proxy.revocation import LiveConnections
 from cluster.proxy.server import Gateway, Handler, Listener, Telemetry
 from cluster.proxy.upstream import Upstream
 
@@ -67,6 +69,7 @@ def tunnel_gateway(
     access_log: AccessLog,
     node: str,
     telemetry: Telemetry | None = None,
+    live: LiveConnections | None = None,
 ) -> Gateway:
     return Gateway(
         domain=zone,
@@ -77,6 +80,7 @@ def tunnel_gateway(
         apex=_no_apex,
         node=node,
         telemetry=telemetry,
+        live=live,
     )
 
 
@@ -113,9 +117,20 @@ class TunnelListener:
     """Serves `handler` on the gateway addresses for connections arriving on `interface`; `run()` until cancelled."""
 
     def __init__(
-        self, handler: Handler, interface: str, addresses: list[str], port: int, poll_interval: float = 0.5
+        self,
+        handler: Handler,
+        interface: str,
+        addresses: list[str],
+        port: int,
+        poll_interval: float = 0.5,
+        limits: ConnectionLimits | None = None,
+        live: LiveConnections | None = None,
     ) -> None:
-        self._server = web.Server(handler, handler_cancellation=True, access_log=None)
+        limits = limits or ConnectionLimits()
+        self._server = web.Server(handler, handler_cancellation=True, access_log=None, **limits.server_options())
+        # Per tunnel address: a connected client cannot exhaust the node's descriptors either.
+        on_close = live.forget if live is not None else None
+        self._guard = ConnectionGuard(self._server, limits, name="tunnel", cap=True, on_close=on_close)
         self._interface = interface
         self._addresses = addresses
         self._port = port
@@ -141,7 +156,7 @@ class TunnelListener:
         try:
             for address in self._addresses:
                 sock = _bound_socket(address, self._port, self._interface)
-                self._servers.append(await loop.create_server(self._server, sock=sock, backlog=1024))
+                self._servers.append(await loop.create_server(self._guard, sock=sock, backlog=1024))
         except OSError as exc:
             await self._close()
             problem = f"cannot listen on {self._interface} port {self._port}: {exc}"

@@ -24,6 +24,7 @@ from cluster.plugins.flow import HttpFlow
 from cluster.plugins.flow import Request as FlowRequest
 from cluster.plugins.flow import Response as FlowResponse
 from cluster.plugins.manager import ChainRun
+from cluster.proxy import assertion
 from cluster.proxy.cors import cors_headers
 from cluster.proxy.exchange import Exchange, openai_error
 from cluster.proxy.headers import client_response_headers
@@ -86,10 +87,13 @@ def _add_cors(ex: Exchange, response: web.StreamResponse) -> None:
 class Upstream:
     """Sends admitted requests upstream over one shared client session."""
 
-    def __init__(self, client: aiohttp.ClientSession, scheme: str) -> None:
+    def __init__(
+        self, client: aiohttp.ClientSession, scheme: str, assertions: assertion.AssertionSigner | None = None
+    ) -> None:
         self._client = client
         self._scheme = scheme
         self._oauth2 = OAuth2TokenCache(client)
+        self._assertions = assertions
 
     async def _prepare(self, ex: Exchange, state: GatewayState, outgoing: FlowRequest, buffered: bool) -> bytes:
         """Headers for the upstream; returns the new span id (the upstream's parent in the trace)."""
@@ -103,6 +107,9 @@ class Upstream:
             except Unavailable as exc:
                 raise UpstreamRefused(Refused.UPSTREAM_AUTH, str(exc)) from exc
             headers[name] = value
+        identity_assertion = route.config.http.identity_assertion
+        if identity_assertion.enabled:
+            headers[assertion.HEADER] = self._assertion(ex, identity_assertion.audience)
         headers["Host"] = route.netloc
         headers["X-Forwarded-For"] = ex.request.remote or ""
         headers["X-Forwarded-Proto"] = self._scheme
@@ -111,6 +118,15 @@ class Upstream:
         span = os.urandom(8)
         headers["traceparent"] = ex.trace.traceparent(span)
         return span
+
+    def _assertion(self, ex: Exchange, audience: str | None) -> str:
+        if self._assertions is None:
+            raise UpstreamRefused(Refused.UPSTREAM_AUTH, "identity assertion enabled, but this listener cannot sign")
+        assert ex.admission is not None
+        user = ex.admission.principal.user
+        return self._assertions.assertion(
+            user.metadata.name, ex.record.session, tuple(user.spec.groups), audience or ex.record.service or ""
+        )
 
     async def forward(
         self, ex: Exchange, state: GatewayState, outgoing: FlowRequest, run: ChainRun | None
@@ -142,9 +158,7 @@ class Upstream:
         except TimeoutError as exc:
             raise UpstreamRefused(Refused.UPSTREAM_TIMEOUT, "upstream timed out") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamRefused(
-                Refused.UPSTREAM_UNREACHABLE, f"upstream unreachable: {type(exc).__name__}"
-            ) from exc
+            raise UpstreamRefused(Refused.UPSTREAM_UNREACHABLE, f"upstream unreachable: {type(exc).__name__}") from exc
         finally:
             ex.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
             ex.span(
@@ -176,9 +190,7 @@ class Upstream:
                         f"upstream response over {MAX_BUFFERED_RESPONSE} bytes, too large for response plugins",
                     )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamRefused(
-                Refused.UPSTREAM_FAILED, f"upstream failed mid-body: {type(exc).__name__}"
-            ) from exc
+            raise UpstreamRefused(Refused.UPSTREAM_FAILED, f"upstream failed mid-body: {type(exc).__name__}") from exc
         tap = ResponseTap(upstream.headers.get("Content-Type", ""))
         tap.feed(bytes(data))
         ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()

@@ -242,6 +242,14 @@ class Timeouts(Model):
     read: Duration = 300.0
 
 
+class IdentityAssertion(Model):
+    """A signed JWT naming the caller, sent upstream in `x-wardgate-assertion` (verify it against the cluster's
+    JWKS at `https://<domain>/oauth2/jwks`). `audience` is its `aud` claim; the Service's name when unset."""
+
+    enabled: bool = False
+    audience: str | None = Field(default=None, min_length=1, max_length=253)
+
+
 class HttpConfig(Model):
     path: PathConfig = Field(default_factory=PathConfig)
     header: HeaderConfig = Field(default_factory=HeaderConfig)
@@ -250,6 +258,7 @@ class HttpConfig(Model):
     plugins: list[Plugin] = Field(default_factory=list)
     body: BodyConfig = Field(default_factory=BodyConfig)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    identity_assertion: IdentityAssertion = Field(default_factory=IdentityAssertion)
 
     @field_validator("plugins")
     @classmethod
