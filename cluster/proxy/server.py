@@ -38,6 +38,7 @@ from cluster.proxy import cors
 from cluster.proxy.exchange import Exchange, decision_record, server_attributes
 from cluster.proxy.headers import upstream_request_headers
 from cluster.proxy.llm import request_model
+from cluster.proxy.revocation import LiveConnections
 from cluster.proxy.upstream import StreamBroken, Upstream, UpstreamRefused, complete
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Gateway:
         apex: Handler,
         node: str,
         telemetry: Telemetry | None = None,
+        live: LiveConnections | None = None,
     ) -> None:
         self._domain = domain
         self._suffix = "." + domain
@@ -118,6 +120,7 @@ class Gateway:
         self._apex = apex
         self._node = node
         self._telemetry = telemetry
+        self._live = live
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")
@@ -220,6 +223,9 @@ class Gateway:
         record.session = identity.session.metadata.name if identity.session else None
         record.session_type = identity.session.spec.type.value if identity.session else "CLIENTLESS"
         record.credential = identity.credential.metadata.name if identity.credential else None
+        if self._live is not None:
+            # From here until its connection closes, revoking this identity ends the connection.
+            self._live.track(request.transport, record.user, record.session, record.credential)
         if not _safe_path(request.rel_url.raw_path):
             return ex.refuse(Refused.BAD_PATH, "path escapes its prefix")
         body = await self._read_body(request, pipe.max_request_bytes)
