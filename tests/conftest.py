@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.postgres_server import PostgresServer
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
 
@@ -155,3 +157,14 @@ def cluster(tmp_path: Path) -> Iterator[RunningCluster]:
         yield running
     finally:
         stop_cluster(running)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; each test takes its own database (`create_database()`)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -13,16 +13,13 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-import orjson
-from cryptography.exceptions import InvalidTag
+from typing import TypeVar
 
 from cluster.errors import NotFound, Unavailable
-from cluster.resources.kinds import AnyResource, from_document, to_document
-from cluster.store import Compacted, Event, EventType, Op
+from cluster.resources.kinds import AnyResource
+from cluster.store import Compacted, Event, EventType, Op, codec
 from cluster.store.ops import apply_op, key_of
-from cluster.store.sealing import SEALED_KINDS, Sealer
+from cluster.store.sealing import Sealer
 
 T = TypeVar("T")
 
@@ -74,25 +71,11 @@ class SQLiteStore:
         return await asyncio.to_thread(locked)
 
     def _encode(self, resource: AnyResource) -> tuple[int, bytes]:
-        body = orjson.dumps(to_document(resource, reveal=True))
-        if resource.kind in SEALED_KINDS:
-            if self._sealer is None:
-                raise Unavailable(f"the store has no key to seal {resource.kind} data")
-            return 1, self._sealer.seal(body, f"{resource.kind}/{resource.metadata.name}".encode())
-        return 0, body
+        sealed, body = codec.encode(resource, self._sealer)
+        return int(sealed), body
 
     def _decode(self, kind: str, name: str, sealed: int, body: bytes) -> AnyResource:
-        if sealed:
-            if self._sealer is None:
-                raise Unavailable(f"the store has no key to open {kind} data")
-            try:
-                body = self._sealer.open(body, f"{kind}/{name}".encode())
-            except (InvalidTag, ValueError) as exc:
-                raise Unavailable(
-                    f"cannot open sealed {kind}/{name}: wrong store key or damaged data"
-                ) from exc
-        doc: dict[str, Any] = orjson.loads(body)
-        return from_document(doc)
+        return codec.decode(kind, name, bool(sealed), body, self._sealer)
 
     def _current(self, kind: str, name: str) -> AnyResource | None:
         row = self._db.execute(

@@ -17,16 +17,25 @@ from cluster.errors import Conflict, NotFound, Unavailable
 from cluster.resources.credential import Secret
 from cluster.store import Compacted, Create, Delete, EventType, Store, create, delete, update
 from cluster.store.memory import MemoryStore
+from cluster.store.postgres import PostgresStore
 from cluster.store.sealing import Sealer
 from cluster.store.sqlite import SQLiteStore
 from tests.factories import make_secret, make_service, make_user
+from tests.postgres_server import PostgresServer
 
 KEY = bytes(range(32))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db", Sealer(KEY))
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "s.db", Sealer(KEY))
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        s = await PostgresStore.open(server.create_database(), Sealer(KEY))
     yield s
     await s.close()
 
