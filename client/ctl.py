@@ -68,7 +68,9 @@ def _columns(kind: str, item: dict[str, Any]) -> dict[str, str]:
     if kind == "Service":
         config = spec.get("config") or (spec.get("dynamicConfig") or {}).get("configs", [{}])[0]
         row["PUBLIC"] = str(spec.get("isPublic", False)).lower()
-        row["UPSTREAM"] = config.get("upstream", {}).get("url", "-")
+        upstream = config.get("upstream", {})
+        replicas = upstream.get("endpoints") or []
+        row["UPSTREAM"] = upstream.get("url") or (f"{len(replicas)} endpoints" if replicas else "-")
         row["CONFIGS"] = str(1 + len((spec.get("dynamicConfig") or {}).get("configs", [])))
     elif kind == "User":
         row["TYPE"] = spec.get("type", "")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
+from cluster.authorize.resilience import Endpoint, RetryPolicy, endpoints, fallback_order, retry_policy
 from cluster.plugins.manager import PluginChain
 from cluster.plugins.registry import PluginBuilder
 from cluster.policy import cel
@@ -61,22 +61,29 @@ class Route:
     add_response_headers: tuple[tuple[str, str], ...]
     remove_response_headers: frozenset[str]
     plugins: PluginChain = field(default_factory=PluginChain)
+    endpoints: tuple[Endpoint, ...] = ()
+    """Every replica; `scheme`, `netloc` and `base_path` are the first one's."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fallbacks: tuple[tuple[Route, str | None], ...] = ()
+    """The configs tried after this one, in order, with the `model` each is sent (None: unchanged)."""
 
 
 def make_route(name: str, config: ServiceConfig, plugins: PluginChain | None = None) -> Route:
-    parts = urlsplit(config.upstream.url)
+    replicas = endpoints(config)
     header = config.http.header
     return Route(
         name=name,
         config=config,
-        scheme=parts.scheme,
-        netloc=parts.netloc,
-        base_path=parts.path.rstrip("/"),
+        scheme=replicas[0].scheme,
+        netloc=replicas[0].netloc,
+        base_path=replicas[0].base_path,
         add_request_headers=tuple((h.name, h.value) for h in header.add_request_headers),
         remove_request_headers=frozenset(h.lower() for h in header.remove_request_headers),
         add_response_headers=tuple((h.name, h.value) for h in header.add_response_headers),
         remove_response_headers=frozenset(h.lower() for h in header.remove_response_headers),
         plugins=plugins if plugins is not None else PluginChain(),
+        endpoints=replicas,
+        retry=retry_policy(config),
     )
 
 
@@ -149,6 +156,13 @@ def _compile_service(
     spec = service.spec
     routes = {
         name: make_route(name, cfg, plugins.chain(cfg.http.plugins, compiler)) for name, cfg in spec.all_configs()
+    }
+    edges = {name: route.config.fallbacks for name, route in routes.items()}
+    routes = {
+        name: replace(route, fallbacks=tuple((routes[n], m) for n, m in fallback_order(name, edges)))
+        if route.config.fallbacks
+        else route
+        for name, route in routes.items()
     }
     dynamic: list[tuple[CompiledCondition, str]] = []
     if spec.dynamic_config is not None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from cluster.resources.common import (
     Authorization,
@@ -16,24 +16,52 @@ from cluster.resources.common import (
     SecretRef,
 )
 from cluster.resources.meta import EmptyStatus, Model, Name, Resource
+from cluster.resources.resilience import Balance, EndpointHealth, Fallbacks, Retry, check_fallbacks
+
+
+def _check_upstream_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r}: the scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"{value!r}: a host is required")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r}: no query, fragment or user info in an upstream URL")
+    return value
+
+
+class Endpoint(Model):
+    """One replica of an upstream; a `weight` of 2 gets twice the requests of a weight of 1."""
+
+    url: Annotated[str, AfterValidator(_check_upstream_url)]
+    weight: int = Field(default=1, ge=1, le=100)
 
 
 class Upstream(Model):
-    """Where requests go: an `http://` or `https://` base URL (its path is prepended to every request)."""
+    """Where requests go: an `http://` or `https://` base URL (its path is prepended to every request), or
+    several `endpoints` (replicas) shared by `balance` (`roundRobin` by weight, or `leastInFlight`), each
+    left out for a while after failing in a row (`health`)."""
 
-    url: str
+    url: Annotated[str, AfterValidator(_check_upstream_url)] | None = None
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=64)
+    balance: Balance = "roundRobin"
+    health: EndpointHealth = Field(default_factory=EndpointHealth)
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"{value!r}: the scheme must be http or https")
-        if not parts.hostname:
-            raise ValueError(f"{value!r}: a host is required")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError(f"{value!r}: no query, fragment or user info in an upstream URL")
-        return value
+    @model_validator(mode="after")
+    def _url_or_endpoints(self) -> Upstream:
+        if (self.url is None) == (not self.endpoints):
+            raise ValueError("an upstream needs exactly one of url and endpoints")
+        urls = [e.url for e in self.endpoints]
+        dup = sorted({u for u in urls if urls.count(u) > 1})
+        if dup:
+            raise ValueError(f"endpoints must be unique, repeated: {', '.join(dup)}")
+        return self
+
+    def weighted_urls(self) -> list[tuple[str, int]]:
+        """(url, weight) of every endpoint; a lone `url` is one endpoint of weight 1."""
+        if self.url is not None:
+            return [(self.url, 1)]
+        return [(e.url, e.weight) for e in self.endpoints]
 
 
 def _check_prefix(value: str | None) -> str | None:
@@ -271,10 +299,36 @@ class HttpConfig(Model):
 
 
 class ServiceConfig(Model):
-    """Upstream plus HTTP behaviour."""
+    """Upstream plus HTTP behaviour, and what to do when the upstream fails (docs/resilience.md): `retry`,
+    `fallbacks` (configs of the same Service tried in order), `firstTokenTimeout` (a streaming request
+    whose first byte takes longer goes to the next fallback), `attemptsHeader` (answer with
+    `x-wardgate-attempts`: every try, its config and outcome)."""
 
     upstream: Upstream
     http: HttpConfig = Field(default_factory=HttpConfig)
+    retry: Retry = Field(default_factory=Retry)
+    fallbacks: Fallbacks = Field(default_factory=list)
+    first_token_timeout: Duration | None = None
+    attempts_header: bool = False
+
+    @model_validator(mode="after")
+    def _first_token_within_timeout(self) -> ServiceConfig:
+        timeout, first = self.retry.timeout, self.first_token_timeout
+        if timeout is not None and first is not None and first >= timeout:
+            raise ValueError(
+                f"firstTokenTimeout ({first:g}s) is not shorter than retry.timeout ({timeout:g}s): it could never fire"
+            )
+        return self
+
+    @property
+    def resilient(self) -> bool:
+        """True when a failed try can be followed by another (retry, fallback, another endpoint)."""
+        return (
+            self.retry.attempts > 1
+            or bool(self.fallbacks)
+            or self.first_token_timeout is not None
+            or len(self.upstream.endpoints) > 1
+        )
 
 
 class NamedConfig(ServiceConfig):
@@ -321,6 +375,10 @@ class ServiceSpec(Model):
             for i, rule in enumerate(self.dynamic_config.rules):
                 if rule.config_name == "default":
                     raise ValueError(f"dynamicConfig.rules[{i}] picks 'default' but spec.config is not set")
+        paths = [("default", "config", self.config)] if self.config is not None else []
+        if self.dynamic_config is not None:
+            paths += [(c.name, f"dynamicConfig.configs[{i}]", c) for i, c in enumerate(self.dynamic_config.configs)]
+        check_fallbacks([(name, path, cfg.fallbacks) for name, path, cfg in paths])
         return self
 
     def all_configs(self) -> list[tuple[str, ServiceConfig]]:
