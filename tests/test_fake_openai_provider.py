@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
@@ -649,3 +650,60 @@ def test_api_key_file_that_is_missing_or_empty_is_refused(tmp_path: Path, conten
     )  # fmt: skip
     assert result.returncode == 2
     assert "--api-key-file" in result.stderr and message in result.stderr, result.stderr
+
+
+def _post(http: aiohttp.ClientSession, base_url: str, headers: dict[str, str], stream: bool = False) -> Any:
+    return http.post(
+        f"{base_url}/v1/chat/completions",
+        json={"model": "m", "messages": HELLO, "stream": stream},
+        headers={"Authorization": f"Bearer {API_KEY}", **headers},
+    )
+
+
+async def test_status_header_answers_that_status_with_retry_after(base_url: str, http: aiohttp.ClientSession) -> None:
+    async with _post(http, base_url, {"x-fake-status": "503", "x-fake-retry-after": "2"}) as response:
+        assert response.status == 503 and response.headers["Retry-After"] == "2"
+        assert (await response.json())["error"]["type"] == "server_error"
+    async with _post(http, base_url, {"x-fake-status": "429"}) as response:
+        assert response.status == 429 and "Retry-After" not in response.headers
+
+
+async def test_target_header_limits_faults_to_the_named_fake(http: aiohttp.ClientSession) -> None:
+    async with serve_fake_openai(name="gemini") as (_, gemini), serve_fake_openai(name="openai") as (_, other):
+        faults = {"x-fake-status": "500", "x-fake-target": "gemini"}
+        async with _post(http, gemini, faults) as response:
+            assert response.status == 500
+        async with _post(http, other, faults) as response:
+            assert response.status == 200
+
+
+async def test_reset_closes_the_connection_before_any_answer(base_url: str, http: aiohttp.ClientSession) -> None:
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        async with _post(http, base_url, {"x-fake-reset": "1"}):
+            pass
+
+
+async def test_silent_stream_sends_headers_then_nothing(http: aiohttp.ClientSession) -> None:
+    async with (
+        serve_fake_openai(silent_stream=True) as (_, base_url),
+        _post(http, base_url, {}, stream=True) as response,
+    ):
+        assert response.status == 200 and response.content_type == "text/event-stream"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(response.content.read(1), 0.3)
+
+
+async def test_instance_faults_apply_to_the_next_n_requests_only(http: aiohttp.ClientSession) -> None:
+    async with serve_fake_openai(status=503, retry_after=1, fail_times=2) as (fake, base_url):
+        statuses = []
+        for _ in range(3):
+            async with _post(http, base_url, {}) as response:
+                statuses.append(response.status)
+        assert statuses == [503, 503, 200]
+        fake.fail_next(1, reset=True)
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            async with _post(http, base_url, {}):
+                pass
+        async with _post(http, base_url, {}) as response:
+            assert response.status == 200
+        assert len(fake.requests) == 5

@@ -18,7 +18,17 @@ Contract, so that callers can predict every number:
 * a stream sends a role chunk, one chunk per word, a ``finish_reason`` chunk,
   with ``stream_options.include_usage`` a usage chunk, then ``[DONE]``;
 * model ``fake-rate-limit`` answers 429, ``fake-error-NNN`` answers status NNN,
-  and every model in ``fail_models`` answers 500.
+  and every model in ``fail_models`` answers 500;
+* failure modes for the gateway's retries and fallbacks, per instance (``status``,
+  ``retry_after``, ``reset``, ``silent_stream``, ``latency``; ``fail_times=N``
+  limits the instance's faults to its next N requests, and ``fail_next(...)``
+  arms them on a running fake) or per request (``x-fake-status``,
+  ``x-fake-retry-after``, ``x-fake-reset``, ``x-fake-silent``,
+  ``x-fake-latency-ms``). ``x-fake-target: <name>[,<name>]`` makes the request's
+  ``x-fake-*`` headers apply only to fakes of those names (one request passes
+  several upstreams when the gateway falls back);
+* ``reset`` closes the connection before any answer; ``silent_stream`` sends a
+  stream's headers and then nothing until the server stops.
 """
 
 from __future__ import annotations
@@ -31,14 +41,13 @@ import hashlib
 import hmac
 import itertools
 import logging
-import math
 import re
 import signal
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, TypedDict, Unpack
 
@@ -46,12 +55,29 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from tests.fakes.faults import (
+    CHUNK_DELAY_HEADER,
+    FAIL_AFTER_CHUNKS_HEADER,
+    HANG_HEADER,
+    LATENCY_HEADER,
+    NO_FAULTS,
+    RESET_HEADER,
+    RETRY_AFTER_HEADER,
+    SHUTDOWN,
+    SILENT_HEADER,
+    STATUS_HEADER,
+    TARGET_HEADER,
+    ApiError,
+    Faults,
+    drop_connection,
+    header_flag,
+    header_number,
+    injected,
+    silent_stream,
+)
+
 log = logging.getLogger(__name__)
 
-LATENCY_HEADER: Final = "x-fake-latency-ms"
-CHUNK_DELAY_HEADER: Final = "x-fake-chunk-delay-ms"
-FAIL_AFTER_CHUNKS_HEADER: Final = "x-fake-fail-after-chunks"
-HANG_HEADER: Final = "x-fake-hang"
 
 RATE_LIMIT_MODEL: Final = "fake-rate-limit"
 ERROR_MODEL_PREFIX: Final = "fake-error-"
@@ -63,7 +89,6 @@ _MAX_EMBEDDING_DIMENSIONS: Final = 4096
 _WORD_BOUNDARY: Final = re.compile(r"(?<=\S)(?=\s)")
 _SERVER_ERROR_MESSAGE: Final = "The server had an error while processing your request. Sorry about that!"
 
-_SHUTDOWN: Final = web.AppKey("fake_openai_shutdown", asyncio.Event)
 
 Json = dict[str, Any]
 
@@ -77,6 +102,12 @@ class FakeOptions(TypedDict, total=False):
     latency: float
     fail_after_chunks: int | None
     hang: bool
+    name: str
+    status: int | None
+    retry_after: float | None
+    reset: bool
+    silent_stream: bool
+    fail_times: int | None
     fail_models: Iterable[str]
     max_reply_chars: int
     reply: str | None
@@ -118,42 +149,7 @@ class Completion:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Faults:
-    latency: float
-    chunk_delay: float
-    fail_after_chunks: int | None
-    hang: bool
-
-
-class _ApiError(Exception):
-    """An answer in OpenAI's error shape; raised anywhere below the dispatcher."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-        self.headers = headers
-
-    def response(self) -> web.Response:
-        return web.Response(
-            status=self.status,
-            body=orjson.dumps(self.body),
-            content_type="application/json",
-            headers=self.headers,
-        )
-
-
-_Route = Callable[[web.Request, Any, _Faults], Awaitable[web.StreamResponse]]
+_Route = Callable[[web.Request, Any, Faults], Awaitable[web.StreamResponse]]
 
 
 class FakeOpenAI:
@@ -166,7 +162,11 @@ class FakeOpenAI:
     headers override. ``fail_after_chunks=N`` closes a stream's connection after
     N data chunks (before ``[DONE]`` at the latest) and a non-streaming request's
     connection before any answer. ``hang`` holds the request until the server
-    shuts down, then closes the connection. Set ``record=False`` for long runs.
+    shuts down, then closes the connection. ``status`` answers every request with
+    that status (and ``retry_after`` seconds in ``Retry-After``), ``reset`` closes
+    the connection before answering, ``silent_stream`` holds a stream after its
+    headers; ``fail_times=N`` applies all these faults to the next N requests only.
+    Set ``record=False`` for long runs.
     """
 
     def __init__(
@@ -178,6 +178,12 @@ class FakeOpenAI:
         latency: float = 0.0,
         fail_after_chunks: int | None = None,
         hang: bool = False,
+        name: str = "fake",
+        status: int | None = None,
+        retry_after: float | None = None,
+        reset: bool = False,
+        silent_stream: bool = False,
+        fail_times: int | None = None,
         fail_models: Iterable[str] = (),
         max_reply_chars: int = 2000,
         reply: str | None = None,
@@ -193,7 +199,11 @@ class FakeOpenAI:
         self.fail_models = frozenset(fail_models)
         self.embedding_dimensions = embedding_dimensions
         self.record = record
-        self._defaults = _Faults(latency, chunk_delay, fail_after_chunks, hang)
+        self.name = name
+        self._defaults = Faults(
+            latency, chunk_delay, fail_after_chunks, hang, status, retry_after, reset, silent_stream
+        )
+        self._fail_remaining = fail_times
         self.requests: list[RecordedRequest] = []
         self._ids = itertools.count(1)
 
@@ -201,9 +211,28 @@ class FakeOpenAI:
         """Forget the recorded requests."""
         self.requests.clear()
 
+    def fail_next(
+        self,
+        times: int | None = 1,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        reset: bool = False,
+        silent_stream: bool = False,
+        latency: float = 0.0,
+        hang: bool = False,
+        fail_after_chunks: int | None = None,
+    ) -> None:
+        """Arm faults on a running fake for its next `times` requests (None: until armed again)."""
+        base = self._defaults
+        self._defaults = Faults(
+            latency, base.chunk_delay, fail_after_chunks, hang, status, retry_after, reset, silent_stream
+        )
+        self._fail_remaining = times
+
     def make_app(self) -> web.Application:
         app = web.Application()
-        app[_SHUTDOWN] = asyncio.Event()
+        app[SHUTDOWN] = asyncio.Event()
         app.on_shutdown.append(_release_hung_requests)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         return app
@@ -217,9 +246,7 @@ class FakeOpenAI:
         ssl_context: ssl.SSLContext | None = None,
     ) -> AsyncIterator[str]:
         """Listen on host:port (0 picks a free port) and yield the base URL."""
-        runner = web.AppRunner(
-            self.make_app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
-        )
+        runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
@@ -270,28 +297,52 @@ class FakeOpenAI:
             )
         try:
             faults = self._faults(request)
+            if faults.reset:
+                return drop_connection(request)
             if faults.hang:
-                await request.app[_SHUTDOWN].wait()
-                return _drop_connection(request)
+                await request.app[SHUTDOWN].wait()
+                return drop_connection(request)
             if faults.latency > 0:
                 await asyncio.sleep(faults.latency)
             self._authenticate(request)
+            if faults.status is not None:
+                raise injected(faults)
             route = self._route(request)
             return await route(request, payload, faults)
-        except _ApiError as error:
+        except ApiError as error:
             return error.response()
 
-    def _faults(self, request: web.Request) -> _Faults:
-        headers, defaults = request.headers, self._defaults
-        latency = _header_number(headers, LATENCY_HEADER)
-        chunk_delay = _header_number(headers, CHUNK_DELAY_HEADER)
-        fail_after = _header_number(headers, FAIL_AFTER_CHUNKS_HEADER)
-        hang = headers.get(HANG_HEADER)
-        return _Faults(
+    def _instance_faults(self) -> Faults:
+        remaining = self._fail_remaining
+        if remaining is None:
+            return self._defaults
+        if remaining <= 0:
+            return replace(NO_FAULTS, chunk_delay=self._defaults.chunk_delay)
+        self._fail_remaining = remaining - 1
+        return self._defaults
+
+    def _faults(self, request: web.Request) -> Faults:
+        defaults = self._instance_faults()
+        headers = request.headers
+        target = headers.get(TARGET_HEADER)
+        if target is not None and self.name not in {t.strip() for t in target.split(",")}:
+            return defaults
+        latency = header_number(headers, LATENCY_HEADER)
+        chunk_delay = header_number(headers, CHUNK_DELAY_HEADER)
+        fail_after = header_number(headers, FAIL_AFTER_CHUNKS_HEADER)
+        status = header_number(headers, STATUS_HEADER)
+        retry_after = header_number(headers, RETRY_AFTER_HEADER)
+        if status is not None and not 400 <= status <= 599:
+            raise ApiError(400, f"Invalid {STATUS_HEADER} header: {status!r}.", param=STATUS_HEADER)
+        return Faults(
             latency=defaults.latency if latency is None else latency / 1000,
             chunk_delay=defaults.chunk_delay if chunk_delay is None else chunk_delay / 1000,
             fail_after_chunks=defaults.fail_after_chunks if fail_after is None else int(fail_after),
-            hang=defaults.hang if hang is None else hang.strip().lower() in ("1", "true", "yes"),
+            hang=header_flag(headers, HANG_HEADER, defaults.hang),
+            status=defaults.status if status is None else int(status),
+            retry_after=defaults.retry_after if retry_after is None else retry_after,
+            reset=header_flag(headers, RESET_HEADER, defaults.reset),
+            silent=header_flag(headers, SILENT_HEADER, defaults.silent),
         )
 
     def _authenticate(self, request: web.Request) -> None:
@@ -302,13 +353,12 @@ class FakeOpenAI:
             scheme, _, token = presented.partition(" ")
             presented = token.strip() if scheme.lower() == "bearer" else None
         if presented is None:
-            raise _ApiError(
+            raise ApiError(
                 401,
-                "You didn't provide an API key. You need to provide your API key in "
-                f"the {self.api_key_header} header.",
+                f"You didn't provide an API key. You need to provide your API key in the {self.api_key_header} header.",
             )
         if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.api_key.encode()):
-            raise _ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     def _route(self, request: web.Request) -> _Route:
         method, path = request.method, request.path
@@ -323,14 +373,14 @@ class FakeOpenAI:
             _, found, model = path.rpartition("/models/")
             if found and model and "/" not in model:
                 return self._retrieve_model
-        raise _ApiError(404, f"Invalid URL ({method} {path})")
+        raise ApiError(404, f"Invalid URL ({method} {path})")
 
     def _check_model(self, body: Json) -> str:
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise _ApiError(400, "you must provide a model parameter", param="model")
+            raise ApiError(400, "you must provide a model parameter", param="model")
         if model == RATE_LIMIT_MODEL:
-            raise _ApiError(
+            raise ApiError(
                 429,
                 f"Rate limit reached for {model} on requests per min (RPM): Limit 1.",
                 kind="requests",
@@ -338,14 +388,14 @@ class FakeOpenAI:
                 headers={"retry-after": "1"},
             )
         if model in self.fail_models:
-            raise _ApiError(500, _SERVER_ERROR_MESSAGE, kind="server_error")
+            raise ApiError(500, _SERVER_ERROR_MESSAGE, kind="server_error")
         status = model.removeprefix(ERROR_MODEL_PREFIX)
         if status != model and status.isdigit() and 400 <= int(status) <= 599:
             kind = "server_error" if int(status) >= 500 else "invalid_request_error"
-            raise _ApiError(int(status), f"Injected error {status} for {model}.", kind=kind)
+            raise ApiError(int(status), f"Injected error {status} for {model}.", kind=kind)
         return model
 
-    async def _chat(self, request: web.Request, body: Any, faults: _Faults) -> web.StreamResponse:
+    async def _chat(self, request: web.Request, body: Any, faults: Faults) -> web.StreamResponse:
         body = _require_object(body)
         model = self._check_model(body)
         _validate_chat(body)
@@ -355,9 +405,11 @@ class FakeOpenAI:
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
             chunks = _chunks(completion_id, model, completion, include_usage=include_usage)
+            if faults.silent:
+                return await silent_stream(request)
             return await _stream(request, chunks, faults)
         if faults.fail_after_chunks is not None:
-            return _drop_connection(request)
+            return drop_connection(request)
         return _json_response(
             {
                 "id": completion_id,
@@ -381,13 +433,13 @@ class FakeOpenAI:
             }
         )
 
-    async def _embeddings(self, request: web.Request, body: Any, faults: _Faults) -> web.StreamResponse:
+    async def _embeddings(self, request: web.Request, body: Any, faults: Faults) -> web.StreamResponse:
         body = _require_object(body)
         model = self._check_model(body)
         texts = _embedding_inputs(body.get("input"))
         dimensions = body.get("dimensions", self.embedding_dimensions)
         if not isinstance(dimensions, int) or not 1 <= dimensions <= _MAX_EMBEDDING_DIMENSIONS:
-            raise _ApiError(400, "Invalid 'dimensions'.", param="dimensions", code="invalid_value")
+            raise ApiError(400, "Invalid 'dimensions'.", param="dimensions", code="invalid_value")
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for index, text in enumerate(texts):
@@ -406,13 +458,13 @@ class FakeOpenAI:
             }
         )
 
-    async def _list_models(self, request: web.Request, body: Any, faults: _Faults) -> web.StreamResponse:
+    async def _list_models(self, request: web.Request, body: Any, faults: Faults) -> web.StreamResponse:
         return _json_response({"object": "list", "data": [_model(m) for m in self.models]})
 
-    async def _retrieve_model(self, request: web.Request, body: Any, faults: _Faults) -> web.StreamResponse:
+    async def _retrieve_model(self, request: web.Request, body: Any, faults: Faults) -> web.StreamResponse:
         model = request.path.rpartition("/models/")[2]
         if model not in self.models:
-            raise _ApiError(
+            raise ApiError(
                 404,
                 f"The model '{model}' does not exist",
                 param="model",
@@ -436,17 +488,10 @@ async def serve_fake_openai(
 
 
 async def _release_hung_requests(app: web.Application) -> None:
-    app[_SHUTDOWN].set()
+    app[SHUTDOWN].set()
 
 
-def _drop_connection(request: web.Request) -> web.StreamResponse:
-    """Close the connection under the handler; aiohttp then skips the response."""
-    if request.transport is not None:
-        request.transport.close()
-    return web.StreamResponse()
-
-
-async def _stream(request: web.Request, chunks: list[Json], faults: _Faults) -> web.StreamResponse:
+async def _stream(request: web.Request, chunks: list[Json], faults: Faults) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
     )
@@ -459,7 +504,7 @@ async def _stream(request: web.Request, chunks: list[Json], faults: _Faults) -> 
             await asyncio.sleep(faults.chunk_delay)
         await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
     if limit is not None:
-        return _drop_connection(request)
+        return drop_connection(request)
     await response.write(b"data: [DONE]\n\n")
     return response
 
@@ -501,7 +546,7 @@ def _model(model_id: str) -> Json:
 
 def _require_object(body: Any) -> Json:
     if not isinstance(body, dict):
-        raise _ApiError(
+        raise ApiError(
             400,
             "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.",
         )
@@ -511,21 +556,21 @@ def _require_object(body: Any) -> Json:
 def _validate_chat(body: Json) -> None:
     messages = body.get("messages")
     if messages is None:
-        raise _ApiError(
+        raise ApiError(
             400,
             "Missing required parameter: 'messages'.",
             param="messages",
             code="missing_required_parameter",
         )
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise _ApiError(
+        raise ApiError(
             400,
             "Invalid type for 'messages': expected an array of objects.",
             param="messages",
             code="invalid_type",
         )
     if not messages:
-        raise _ApiError(
+        raise ApiError(
             400,
             "Invalid 'messages': empty array. Expected an array with minimum length 1.",
             param="messages",
@@ -534,7 +579,7 @@ def _validate_chat(body: Json) -> None:
     for name in ("max_tokens", "max_completion_tokens"):
         limit = body.get(name)
         if limit is not None and (type(limit) is not int or limit < 1):
-            raise _ApiError(400, f"Invalid '{name}'.", param=name, code="invalid_value")
+            raise ApiError(400, f"Invalid '{name}'.", param=name, code="invalid_value")
 
 
 def _text(content: object) -> str:
@@ -560,9 +605,9 @@ def _embedding_inputs(value: object) -> list[str]:
         elif isinstance(item, list) and item and all(type(t) is int for t in item):
             texts.append(" ".join(map(str, item)))
         else:
-            raise _ApiError(400, "Invalid 'input'.", param="input", code="invalid_value")
+            raise ApiError(400, "Invalid 'input'.", param="input", code="invalid_value")
     if not texts:
-        raise _ApiError(400, "Invalid 'input': empty array.", param="input", code="empty_array")
+        raise ApiError(400, "Invalid 'input': empty array.", param="input", code="empty_array")
     return texts
 
 
@@ -570,19 +615,6 @@ def _embedding(text: str, dimensions: int) -> list[float]:
     """Values in [-1, 1) that float32 holds exactly, so base64 and JSON agree."""
     digest = hashlib.shake_256(text.encode()).digest(dimensions)
     return [(byte - 128) / 128 for byte in digest]
-
-
-def _header_number(headers: Mapping[str, str], name: str) -> float | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise _ApiError(400, f"Invalid {name} header: {raw!r}.", param=name)
-    return value
 
 
 async def _serve_until_signalled(fake: FakeOpenAI, args: argparse.Namespace) -> None:
