@@ -1,4 +1,6 @@
-"""`wardgate-cluster init`: make a cluster home (PKI, keys, settings, store, root admin credential)."""
+"""`wardgate-cluster init`: make a cluster home (PKI, keys, settings, store, root admin credential).
+
+With `--store postgresql://...` the CA, signing key and cluster-wide settings go into the database too."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from cluster import membership
 from cluster.config import Home
 from cluster.errors import Invalid
 from cluster.identity import credentials
@@ -19,6 +22,7 @@ from cluster.resources.kinds import AnyResource
 from cluster.resources.policy import Policy
 from cluster.resources.user import Group, User
 from cluster.store import Create
+from cluster.store.postgres import PostgresStore
 from cluster.store.sealing import Sealer
 from cluster.store.sqlite import SQLiteStore
 
@@ -37,12 +41,21 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def init_home(
-    root: Path, domain: str, admin_listen: str = "127.0.0.1:9443", public_listen: str = "0.0.0.0:443"
+    root: Path,
+    domain: str,
+    admin_listen: str = "127.0.0.1:9443",
+    public_listen: str = "0.0.0.0:443",
+    store: str | None = None,
+    node_name: str | None = None,
 ) -> Home:
-    """Create a new cluster home at `root` (which must be absent or empty). Returns the Home."""
+    """Create a new cluster home at `root` (which must be absent or empty). Returns the Home.
+
+    With `store` (a postgresql:// URL) the cluster lives in that database: its CA, signing key and
+    cluster-wide settings are stored there, sealed, and other nodes `join` it (membership.py)."""
     domain = domain.lower().rstrip(".")
     if not _DOMAIN.fullmatch(domain):
         raise Invalid(f"--domain {domain!r} is not a DNS name")
+    local_settings = None if store is None else membership.node_settings(store, admin_listen, public_listen, node_name)
     if root.exists() and any(root.iterdir()):
         raise Invalid(f"{root} is not empty: a cluster home is initialised once")
     root.mkdir(parents=True, exist_ok=True)
@@ -55,11 +68,17 @@ def init_home(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     _write_private(home.signing_key, signing.decode())
-    home.settings.write_text(
-        f'domain = "{domain}"\n\n[admin]\nlisten = "{admin_listen}"\n\n[public]\nlisten = "{public_listen}"\n\n'
-        '[store]\npath = "store.db"\n\n[log]\naccess_log = "access.log"\nstdout = true\n'
-    )
-    token = asyncio.run(_seed_store(home))
+    if local_settings is None:
+        home.settings.write_text(
+            f'domain = "{domain}"\n\n[admin]\nlisten = "{admin_listen}"\n\n[public]\nlisten = "{public_listen}"\n\n'
+            '[store]\npath = "store.db"\n\n[log]\naccess_log = "access.log"\nstdout = true\n'
+        )
+    else:
+        # The cluster's URL (issuer of every node's tokens) is cluster-wide: the first node's public port.
+        port = int(public_listen.rpartition(":")[2])
+        home.shared_settings.write_text(f'domain = "{domain}"\n\n[public]\nport = {port}\n')
+        home.settings.write_text(local_settings)
+    token = asyncio.run(_seed_store(home, store))
     _write_private(home.admin_token, token + "\n")
     _write_private(
         home.ctl_config,
@@ -68,7 +87,7 @@ def init_home(
     return home
 
 
-async def _seed_store(home: Home) -> str:
+async def _seed_store(home: Home, url: str | None) -> str:
     token, sha, prefix = credentials.generate(ADMIN_CREDENTIAL)
     seed: list[AnyResource] = [
         Policy.model_validate(
@@ -109,7 +128,17 @@ async def _seed_store(home: Home) -> str:
             }
         ),
     ]
-    store = SQLiteStore(home.path("store.db"), Sealer.from_file(home.store_key))
+    sealer = Sealer.from_file(home.store_key)
+    store: SQLiteStore | PostgresStore
+    if url is None:
+        store = SQLiteStore(home.path("store.db"), sealer)
+    else:
+        store = await PostgresStore.open(url, sealer)
+        try:
+            await membership.publish(store, home)
+        except BaseException:
+            await store.close()
+            raise
     try:
         await store.commit([Create(r.with_metadata(managed_by="init")) for r in seed])
     finally:

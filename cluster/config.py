@@ -53,8 +53,25 @@ class PublicSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
+    """The SQLite file (`path`, one node), or `url = "postgresql://..."`: several nodes share that database."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str = "store.db"
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"{value!r} is not a postgresql:// URL")
+        return value
+
+
+class NodeSettings(BaseModel):
+    """This node: `name` labels its access log, metrics and traces (default: the host name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str | None = Field(default=None, min_length=1, max_length=63)
 
 
 class LogSettings(BaseModel):
@@ -71,6 +88,7 @@ class ClusterSettings(BaseModel):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     public: PublicSettings = Field(default_factory=PublicSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     tunnel: TunnelSettings = Field(default_factory=TunnelSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
@@ -81,6 +99,18 @@ def base_url(settings: ClusterSettings) -> str:
     """`https://<domain>` with the public port when it is not 443: the issuer and the token endpoint's base."""
     port = settings.public.external_port()
     return f"https://{settings.domain}" + ("" if port == 443 else f":{port}")
+
+
+def _merged(shared: dict[str, object], local: dict[str, object]) -> dict[str, object]:
+    """The cluster-wide settings with this node's own (listeners, store, name) laid over them, table by table."""
+    merged = dict(shared)
+    for key, value in local.items():
+        below = merged.get(key)
+        if isinstance(value, dict) and isinstance(below, dict):
+            merged[key] = {**below, **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 class Home:
@@ -97,6 +127,8 @@ class Home:
         self.signing_key = self.root / "signing.key"
         self.admin_token = self.root / "admin.token"
         self.ctl_config = self.root / "wardgatectl.toml"
+        self.shared_settings = self.root / "cluster.shared.toml"
+        """A node of a PostgreSQL cluster: the cluster-wide settings, fetched from the database at each start."""
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -104,6 +136,8 @@ class Home:
     def load(self) -> ClusterSettings:
         try:
             raw = tomllib.loads(self.settings.read_text())
+            if self.shared_settings.exists():
+                raw = _merged(tomllib.loads(self.shared_settings.read_text()), raw)
         except FileNotFoundError:
             raise Invalid(f"{self.settings} not found: run `wardgate-cluster init --home {self.root}`") from None
         except tomllib.TOMLDecodeError as exc:

@@ -27,9 +27,11 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
+from cluster.api import health
 from cluster.api.agent import AgentApi
 from cluster.api.apex import ApexApp, make_apex_app
 from cluster.api.app import make_admin_app
+from cluster.api.health import Readiness
 from cluster.api.login import BrowserLogin
 from cluster.api.oauth import TokenEndpoint
 from cluster.api.user import ClientAccess
@@ -44,6 +46,7 @@ from cluster.identity.janitor import expire_sessions
 from cluster.identity.oidc import OidcClient
 from cluster.identity.sessions import SessionService
 from cluster.identity.tokens import SigningKey, TokenService
+from cluster.membership import join_home, open_store, sync
 from cluster.observability.accesslog import AccessLog
 from cluster.observability.metrics import Metrics
 from cluster.observability.otlp import Exporter
@@ -56,8 +59,6 @@ from cluster.proxy.tunnel import TunnelListener, tunnel_gateway
 from cluster.proxy.upstream import Upstream
 from cluster.resources.session import Session
 from cluster.store.cache import ResourceCache
-from cluster.store.sealing import Sealer
-from cluster.store.sqlite import SQLiteStore
 from cluster.store.workers import NUDGE, BoardPropagation, WorkerBoard
 
 log = logging.getLogger("wardgate.cluster")
@@ -149,13 +150,13 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     the worker board before it loads, so a write waits for all of them (store/workers.py)."""
     primary = slot == 0
     settings = home.load()
-    node = socket.gethostname()
+    node = settings.node.name or socket.gethostname()
     # `run` makes the board before it spawns the other workers; a lone serve() makes its own.
     path = board_path(home)
     board = WorkerBoard(path, slot) if workers > 1 or slot > 0 else WorkerBoard.create(path, 1)
     board.claim()
     propagation = BoardPropagation(board)
-    store = SQLiteStore(home.path(settings.store.path), Sealer.from_file(home.store_key))
+    store = await open_store(home, settings)
     cache = ResourceCache(store)
     await cache.load()
     access_log = AccessLog(home.path(settings.log.access_log), stdout=settings.log.stdout)
@@ -187,6 +188,8 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     )
     agents = AgentApi(cache, settings.tunnel, settings.domain)
     agents.install(admin_app)
+    readiness = Readiness()
+    health.install(admin_app, readiness)
     wireguard_peers.append(agents)
     limits = settings.limits
     admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False, **limits.server_options())
@@ -294,6 +297,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
                 settings.domain,
                 base_url(settings),
             )
+            readiness.listeners_up = True
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -327,6 +331,8 @@ def _run(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     warnings.filterwarnings("ignore", message="Sending a large body directly with raw bytes", category=ResourceWarning)
     children: list[subprocess.Popen[bytes]] = []
+    if args.slot == 0 and sync(home):
+        log.info("cluster files and settings fetched from the PostgreSQL store")
     if args.workers > 1 and args.slot == 0:
         # The board must exist before a secondary maps it: the primary makes it before spawning.
         WorkerBoard.create(board_path(home), args.workers).close()
@@ -347,11 +353,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    home = init_home(Path(args.home), args.domain, args.admin_listen, args.public_listen)
+    home = init_home(Path(args.home), args.domain, args.admin_listen, args.public_listen, args.store, args.node_name)
     print(f"initialised cluster home {home.root} for *.{args.domain}")
     print(f"  CA certificate:      {home.ca_cert}")
     print(f"  root admin token:    {home.admin_token} (0600)")
     print(f"  wardgatectl config:  {home.ctl_config}  (export WARDGATE_CONFIG={home.ctl_config})")
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    home = join_home(
+        Path(args.home), args.store, Path(args.store_key_file), args.admin_listen, args.public_listen, args.node_name
+    )
+    print(f"node home {home.root} joined the cluster of *.{home.load().domain}")
+    print(f"  CA certificate:      {home.ca_cert}")
+    print(f"  wardgatectl config:  {home.ctl_config} (copy an admin token to {home.admin_token})")
     return 0
 
 
@@ -363,7 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     p_init.add_argument("--domain", required=True)
     p_init.add_argument("--admin-listen", default="127.0.0.1:9443", help="HOST:PORT of the admin API")
     p_init.add_argument("--public-listen", default="0.0.0.0:443", help="HOST:PORT of the public HTTPS listener")
+    p_init.add_argument("--store", help="postgresql://... : keep the cluster in that database, so other nodes can join")
+    p_init.add_argument("--node-name", help="this node's name in logs and metrics (default: the host name)")
     p_init.set_defaults(func=_init)
+    p_join = sub.add_parser("join", help="make a home for another node of a cluster kept in PostgreSQL")
+    p_join.add_argument("--home", required=True)
+    p_join.add_argument("--store", required=True, help="the cluster's postgresql://... URL")
+    p_join.add_argument("--store-key-file", required=True, help="a copy of the first node's store.key")
+    p_join.add_argument("--admin-listen", default="127.0.0.1:9443", help="HOST:PORT of the admin API")
+    p_join.add_argument("--public-listen", default="0.0.0.0:443", help="HOST:PORT of the public HTTPS listener")
+    p_join.add_argument("--node-name", help="this node's name in logs and metrics (default: the host name)")
+    p_join.set_defaults(func=_join)
     p_run = sub.add_parser("run", help="serve a cluster home")
     p_run.add_argument("--home", required=True)
     p_run.add_argument("--workers", type=int, default=1, help="processes serving the public listener")

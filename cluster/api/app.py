@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from cluster.api import admin
+from cluster.api.health import healthz
 from cluster.api.admission import ExpressionCheck
 from cluster.api.auth import AdminPolicy, caller_of, identify
 from cluster.api.errors import error_middleware, error_response
@@ -36,8 +37,8 @@ from cluster.store.propagation import Propagation
 
 CALLER = "wardgate.caller"
 DENIAL = "wardgate.denial"
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
-"""Unauthenticated on the admin listener (loopback by default): liveness and Prometheus scraping."""
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Unauthenticated on the admin listener (loopback by default): liveness, readiness, Prometheus scraping."""
 
 
 @web.middleware
@@ -98,10 +99,6 @@ async def metrics(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
     )
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "revision": request.app[CACHE].revision})
 
 
 def make_admin_app(

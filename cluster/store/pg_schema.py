@@ -7,14 +7,15 @@ upgraded one at a time (docs/deployment.md) as long as each migration keeps the 
 
 from __future__ import annotations
 
-from typing import Any
-
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from cluster.errors import Unavailable
 
-Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
 
 CHANNEL = "wardgate_events"
 """NOTIFY channel: the payload is the last revision of a commit; it only wakes watchers (the table is the truth)."""

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -28,8 +28,11 @@ from cluster.errors import Invalid, NotFound, Unavailable
 from cluster.resources.kinds import AnyResource
 from cluster.store import Compacted, Event, EventType, Op, Store, codec
 from cluster.store.ops import apply_op, key_of
-from cluster.store.pg_schema import CHANNEL, Connection, migrate
+from cluster.store.pg_schema import CHANNEL, migrate
 from cluster.store.sealing import Sealer
+
+if TYPE_CHECKING:
+    from cluster.store.pg_schema import Connection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
