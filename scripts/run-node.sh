@@ -158,7 +158,6 @@ else
 node = "local"
 interface = "$TUNNEL_INTERFACE"
 listen_port = $WG_PORT
-endpoint = "127.0.0.1:$WG_PORT"
 state_dir = "agent"
 
 [cluster]
