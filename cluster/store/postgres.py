@@ -74,8 +74,9 @@ class PostgresStore:
         if not is_postgres_url(dsn):
             raise Invalid(f"{dsn!r} is not a postgresql:// URL")
         try:
+            # min_size 0: no background task reconnecting (and logging tracebacks) while the database is down.
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, timeout=connect_timeout, command_timeout=30
+                dsn, min_size=0, max_size=pool_size, timeout=connect_timeout, command_timeout=30
             )
         except _DOWN as exc:
             raise Unavailable(f"the PostgreSQL store at {describe(dsn)} is unreachable: {exc}") from exc
