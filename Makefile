@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
 
-.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench clean lab lab-systemd lab-up lab-down lab-shell
+.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench bench-ha clean lab lab-systemd lab-up lab-down lab-shell
 
 install: apt-packages $(STAMP)
 
@@ -70,6 +70,12 @@ BENCH_ARGS ?=
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python bench/gateway.py --soak $(SOAK) $(BENCH_ARGS)
+
+# `make bench-ha` (not part of `make test`): two nodes over one PostgreSQL (started in a temp dir): revocation
+# propagation p50/p99 to every worker of both nodes, and the failover times (bench/README.md).
+HA_ROUNDS ?= 200
+bench-ha: install test-packages
+	$(BIN)/python bench/ha.py --rounds $(HA_ROUNDS)
 
 # The lab (vagrant/README.md): the Vagrantfile's three machines as network namespaces on this host, provisioned
 # by the same vagrant/provision/*.sh. `make lab` runs the scenario and tears down; needs root.

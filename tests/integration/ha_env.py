@@ -7,8 +7,11 @@ own home, listeners and worker board; `applied()` reads a node's board: the revi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import shutil
+import signal
 import ssl
 import struct
 import subprocess
@@ -211,3 +214,22 @@ def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def workers_of(node: RunningCluster) -> list[int]:
+    """The pids of the node's secondary workers (children of its primary)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == node.process.pid:
+                found.append(int(entry.name))
+    return found
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

@@ -5,7 +5,6 @@ the nodes ride out a database restart and the death of a peer."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -160,10 +159,10 @@ async def test_a_node_killed_under_traffic_leaves_the_other_serving(pair: Pair) 
     token = await token_for(a, created["clientId"], created["clientSecret"])
     await ha_env.until_applied(pair.nodes, time.perf_counter())
     traffic = [asyncio.get_running_loop().create_task(chat_status(b, token)) for _ in range(10)]
-    workers = _children(a.process.pid)
+    workers = ha_env.workers_of(a)
     a.process.send_signal(signal.SIGKILL)
-    for child in workers:
-        os.kill(child, signal.SIGKILL)
+    for pid in workers:
+        ha_env.kill(pid)
     a.process.wait()
     assert [await t for t in traffic] == [200] * 10
     assert [await chat_status(b, token) for _ in range(6)] == [200] * 6
@@ -189,16 +188,3 @@ def _apply_body(current: dict[str, Any], port: int, extra: str) -> dict[str, obj
         "spec": {"config": {"upstream": {"url": "http://127.0.0.1:9"}}},
     }
     return {"documents": [{"source": "t", "index": i, "object": d} for i, d in enumerate((side, service))]}
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
