@@ -5,6 +5,7 @@ the nodes ride out a database restart and the death of a peer."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -188,3 +189,18 @@ def _apply_body(current: dict[str, Any], port: int, extra: str) -> dict[str, obj
         "spec": {"config": {"upstream": {"url": "http://127.0.0.1:9"}}},
     }
     return {"documents": [{"source": "t", "index": i, "object": d} for i, d in enumerate((side, service))]}
+
+
+async def test_readyz_fails_while_a_node_is_catching_up(pair: Pair) -> None:
+    a, b = pair.nodes
+    (worker,) = ha_env.workers_of(b)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        status, _ = await _credential(a, "while-b-lags")
+        assert status == 200
+        ready, detail = await asyncio.to_thread(ha_env.readyz, b)
+        assert ready == 503 and "catching up" in detail, detail
+        assert (await asyncio.to_thread(ha_env.readyz, a))[0] == 200
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    await asyncio.to_thread(ha_env.wait_ready, b, 10)
