@@ -1,0 +1,226 @@
+"""One heavy request never freezes a node, nor delays a concurrent normal request by more than 100 ms.
+
+The attack suite froze a node for good with a 6-8 MB JSON body sent to a Service whose Lua plugin decodes the
+body (or only reads ctx), and stalled every request for seconds with the same body against a Rego policy.
+Here a normal client keeps calling a plain Service while hostile bodies hit every heavy path: Lua decoding
+the body, Lua reading ctx, a Rego rule and a CEL rule reading bodyMap; under the default limits (bodies
+over the parse limit) and at the parse limit (the worst shape that is still parsed: many tiny values).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import RunningCluster
+from tests.fakes.openai_provider import FakeOpenAI
+from tests.integration.gateway_env import apply_docs
+
+pytestmark = pytest.mark.usefixtures("loopback_names")
+
+KEY = "sk-heavy-upstream"
+BUDGET_MS = 100.0
+
+LUA_DECODE = """
+function onRequest(ctx)
+  local body = json.decode(octelium.req.getRequestBody())
+  body.seen = true
+  octelium.req.setRequestBody(json.encode(body))
+end
+"""
+LUA_CTX = """
+function onRequest(ctx)
+  local n = 0
+  for _, m in ipairs(wardgate.ctx.request.http.bodyMap.messages or {}) do n = n + 1 end
+  wardgate.req.setRequestHeader("x-count", tostring(n))
+end
+"""
+REGO = """package heavy
+
+allow if count(input.ctx.request.http.bodyMap.messages) < 1000000
+"""
+
+
+def _service(name: str, upstream: str, condition: dict[str, Any], lua: str | None = None) -> dict[str, Any]:
+    http: dict[str, Any] = {"auth": {"bearer": {"fromSecret": "upstream-key"}}}
+    if lua is not None:
+        http["plugins"] = [{"name": "heavy", "lua": {"inline": lua}}]
+    rules = [{"effect": "ALLOW", "condition": condition}]
+    return {
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "isPublic": True,
+            "config": {"upstream": {"url": upstream}, "http": http},
+            "authorization": {"inlinePolicies": [{"spec": {"rules": rules}}]},
+        },
+    }
+
+
+def _docs(upstream: str) -> list[dict[str, Any]]:
+    anyone = {"matchAny": True}
+    return [
+        {"kind": "User", "metadata": {"name": "bot"}, "spec": {"type": "WORKLOAD"}},
+        _service("plain", upstream, anyone),
+        _service("lua-decode", upstream, anyone, LUA_DECODE),
+        _service("lua-ctx", upstream, anyone, LUA_CTX),
+        _service("rego-body", upstream, {"opa": {"inline": REGO}}),
+        _service("cel-body", upstream, {"match": "size(ctx.request.http.bodyMap.messages) < 1000000"}),
+    ]
+
+
+def _many_values(size: int) -> bytes:
+    """A chat body of about `size` bytes made of as many tiny values as fit: the costliest shape to convert."""
+    item = {"role": "user", "content": "a"}
+    count = size // len(orjson.dumps(item))
+    return orjson.dumps({"model": "gpt-4o-mini", "messages": [item] * count})
+
+
+class Client:
+    def __init__(self, cluster: RunningCluster, token: str) -> None:
+        import ssl
+
+        self.cluster = cluster
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.ssl = ssl.create_default_context(cafile=str(cluster.home / "ca.crt"))
+
+    async def post(self, session: aiohttp.ClientSession, service: str, body: bytes) -> tuple[int, float]:
+        url = self.cluster.public_url(service) + "/v1/chat/completions"
+        started = time.perf_counter()
+        async with session.post(url, data=io.BytesIO(body), headers=self.headers, ssl=self.ssl) as r:
+            await r.read()
+            return r.status, (time.perf_counter() - started) * 1000
+
+
+async def _token(cluster: RunningCluster) -> str:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cluster.home / "ca.crt"))
+    admin = {"Authorization": f"Bearer {cluster.token}"}
+    async with aiohttp.ClientSession() as session:
+        body = {"name": "bot-oauth", "user": "bot", "type": "oauth2"}
+        async with session.post(cluster.url + "/api/v1/credentials", json=body, headers=admin, ssl=context) as r:
+            created = await r.json()
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": created["clientId"],
+            "client_secret": created["clientSecret"],
+        }
+        async with session.post(cluster.public_url() + "/oauth2/token", data=form, ssl=context) as r:
+            return str((await r.json())["access_token"])
+
+
+@pytest.fixture
+async def heavy(tmp_path: Path) -> Any:
+    from tests.conftest import start_cluster, stop_cluster
+
+    fake = FakeOpenAI(api_key=KEY)
+    async with fake.serve() as upstream:
+        cluster = await asyncio.to_thread(start_cluster, tmp_path / "home")
+        try:
+            apply_docs(cluster, _docs(upstream), tmp_path)
+            cluster.ctl("create", "secret", "upstream-key", "--value", KEY, check=True)
+            yield Client(cluster, await _token(cluster))
+        finally:
+            await asyncio.to_thread(stop_cluster, cluster)
+
+
+NORMAL = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+HEAVY = ["lua-decode", "lua-ctx", "rego-body", "cel-body"]
+
+
+ATTACKER = """
+import asyncio, io, json, ssl, sys
+import aiohttp
+
+async def main(spec):
+    context = ssl.create_default_context(cafile=spec["ca"])
+    headers = {"Authorization": "Bearer " + spec["token"], "Content-Type": "application/json"}
+    body = open(spec["body"], "rb").read()
+    async with aiohttp.ClientSession() as session:
+        for host in spec["hosts"]:
+            # This process has no name for the test's hosts: dial loopback, with the name for SNI and Host.
+            url = "https://127.0.0.1:%d/v1/chat/completions" % spec["port"]
+            async with session.post(
+                url, data=io.BytesIO(body), headers={**headers, "Host": host}, ssl=context, server_hostname=host
+            ) as r:
+                await r.read()
+                print(r.status, flush=True)
+
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+async def _under_attack(client: Client, services: list[str], body: bytes, tmp: Path) -> tuple[list[float], list[int]]:
+    """Normal requests' latencies (ms) while the hostile requests run, and the hostile statuses. The attacker is
+    another process, so its own TLS and JSON work cannot delay this process's measurements."""
+    path = tmp / "hostile.json"
+    path.write_bytes(body)
+    spec = {
+        "ca": str(client.cluster.home / "ca.crt"),
+        "token": client.headers["Authorization"].removeprefix("Bearer "),
+        "body": str(path),
+        "port": client.cluster.public_port,
+        "hosts": [f"{s}.{client.cluster.domain}" for s in services],
+    }
+    normal: list[float] = []
+    attacker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ATTACKER, json.dumps(spec), stdout=asyncio.subprocess.PIPE
+    )
+    async with aiohttp.ClientSession() as quiet:
+        while attacker.returncode is None:
+            status, ms = await client.post(quiet, "plain", NORMAL)
+            assert status == 200
+            normal.append(ms)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(attacker.wait(), 0.01)
+    out, _ = await attacker.communicate()
+    assert attacker.returncode == 0
+    return normal, [int(line) for line in out.split()]
+
+
+async def _baseline(client: Client) -> float:
+    async with aiohttp.ClientSession() as session:
+        times = [(await client.post(session, "plain", NORMAL))[1] for _ in range(30)]
+    return statistics.median(times)
+
+
+async def test_bodies_over_the_parse_limit_are_refused_at_once_and_delay_nobody(heavy: Client, tmp_path: Path) -> None:
+    baseline = await _baseline(heavy)
+    big = _many_values(7 * 1024 * 1024)  # under the 10 MiB request limit, over the 1 MiB parse limit
+    hostile = [service for service in HEAVY for _ in range(2)]
+    normal, statuses = await _under_attack(heavy, hostile, big, tmp_path)
+    assert statuses == [413] * len(hostile)
+    assert normal, "the normal client got no request through during the attack"
+    worst = max(normal) - baseline
+    assert worst < BUDGET_MS, f"a normal request was delayed {worst:.0f} ms (baseline {baseline:.1f} ms)"
+    async with aiohttp.ClientSession() as session:
+        await heavy.post(session, "plain", big)
+    # Nothing reads it on `plain`: the gateway passed it through unparsed (the fake upstream has its own limit).
+    lines = (heavy.cluster.home / "access.log").read_text().splitlines()
+    passed = [e for e in map(orjson.loads, lines) if e.get("service") == "plain" and e.get("bytesIn", 0) > 2**20]
+    assert passed and "upstreamStatus" in passed[-1] and "reason" not in passed[-1], passed
+
+
+async def test_bodies_at_the_parse_limit_delay_nobody(heavy: Client, tmp_path: Path) -> None:
+    baseline = await _baseline(heavy)
+    worst_shape = _many_values(1000 * 1024)  # just under 1 MiB: parsed, and as costly as it gets
+    hostile = [service for service in HEAVY for _ in range(2)]
+    normal, statuses = await _under_attack(heavy, hostile, worst_shape, tmp_path)
+    assert all(s in (200, 403, 413, 500) for s in statuses), statuses
+    assert normal
+    worst = max(normal) - baseline
+    assert worst < BUDGET_MS, f"a normal request was delayed {worst:.0f} ms (baseline {baseline:.1f} ms): {statuses}"
+    async with aiohttp.ClientSession() as session:
+        assert (await heavy.post(session, "plain", NORMAL))[0] == 200
