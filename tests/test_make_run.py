@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,18 @@ def _stream(command: list[str]) -> tuple[list[str], list[float], str]:
     return lines, times, stderr
 
 
+def _service_records(home: Path, count: int) -> list[dict[str, Any]]:
+    """The access log's Service lines once there are `count` of them: a line is written when the exchange
+    ends, which can be a moment after the client has read the last chunk."""
+    deadline = time.monotonic() + 15
+    while True:
+        lines = (home / "access.log").read_text().splitlines()
+        records = [r for r in map(json.loads, lines) if r.get("service")]
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def _refused(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -129,8 +142,8 @@ def test_the_printed_first_request_streams_an_answer_from_the_local_model(make_r
     first = times[next(i for i, line in enumerate(lines) if '"content":"' in line)]
     assert times[-1] - first > 0.05, "the answer came in one piece, not as a stream"
 
-    records = [json.loads(line) for line in (make_run.home / "access.log").read_text().splitlines()]
-    (record,) = [r for r in records if r.get("service") == "local-llm"]
+    (record,) = _service_records(make_run.home, 1)
+    assert record["service"] == "local-llm"
     assert record["user"] == "demo-app" and record["credential"] == "demo-app-oauth"
     assert record["status"] == 200 and record["upstreamStatus"] == 200
     assert record["decision"] == {
@@ -150,8 +163,8 @@ def test_the_printed_first_request_streams_an_answer_from_the_local_model(make_r
 
     sdk_lines, _, _ = _stream([str(BIN / "python"), str(make_run.home / "first-request.py")])
     assert "".join(sdk_lines).strip(), "the OpenAI SDK snippet printed no answer"
-    sdk = [r for r in map(json.loads, (make_run.home / "access.log").read_text().splitlines()) if r.get("service")]
-    assert [r["status"] for r in sdk] == [200, 200]
+    sdk = _service_records(make_run.home, 2)
+    assert [(r["user"], r["status"]) for r in sdk] == [("demo-app", 200)] * 2
 
     _stop_group(make_run.process)
     assert _refused(make_run.model_port), "the local model outlived make run"
