@@ -52,6 +52,7 @@ from cluster.observability.metrics import Metrics
 from cluster.observability.otlp import Exporter
 from cluster.policy import cel, rego
 from cluster.proxy.assertion import AssertionSigner
+from cluster.proxy.balancer import Balancer
 from cluster.proxy.connections import ConnectionGuard, ConnectionLimits
 from cluster.proxy.revocation import LiveConnections
 from cluster.proxy.server import Gateway, Listener, Telemetry, bearer_or_cookie
@@ -161,7 +162,9 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     await cache.load()
     access_log = AccessLog(home.path(settings.log.access_log), stdout=settings.log.stdout)
     wireguard_peers: list[AgentApi] = []
+    balancer = Balancer()
     metrics = Metrics(
+        endpoints=balancer.snapshot,
         sessions=lambda: _session_counts(cache),
         wireguard=lambda: _wireguard_metrics(wireguard_peers[0]) if wireguard_peers else {},
     )
@@ -243,7 +246,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         domain=settings.domain,
         listener=Listener("public", "https", True, bearer_or_cookie(authenticator), login.login_url),
         state=state,
-        upstream=Upstream(client, "https", assertions),
+        upstream=Upstream(client, "https", assertions, balancer),
         access_log=access_log,
         apex=apex,
         node=node,
@@ -258,7 +261,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         cache,
         state,
         access_log,
-        Upstream(client, "http", assertions),
+        Upstream(client, "http", assertions, balancer),
         node,
         telemetry,
         limits,

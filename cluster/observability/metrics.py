@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cluster.observability.record import AccessRecord
@@ -20,12 +20,17 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 WireGuardPeers = Callable[[], Mapping[str, Iterable[tuple[str, float | None, int, int]]]]
 """node -> (session or public key, seconds since the last handshake or None, rx bytes, tx bytes) per peer."""
+UpstreamEndpoints = Callable[[], Iterable[tuple[str, bool, int, int]]]
+"""(endpoint URL, up, tries in flight, ejections so far) of every balanced endpoint this worker has used."""
 
 
 class _StateCollector(Collector):
-    def __init__(self, sessions: Callable[[], Mapping[str, int]], wireguard: WireGuardPeers) -> None:
+    def __init__(
+        self, sessions: Callable[[], Mapping[str, int]], wireguard: WireGuardPeers, endpoints: UpstreamEndpoints
+    ) -> None:
         self._sessions = sessions
         self._wireguard = wireguard
+        self._endpoints = endpoints
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("wardgate_active_sessions", "Live sessions by type", labels=["type"])
@@ -54,12 +59,33 @@ class _StateCollector(Collector):
         yield peers
         yield age
         yield traffic
+        yield from _endpoint_families(self._endpoints())
+
+
+def _endpoint_families(endpoints: Iterable[tuple[str, bool, int, int]]) -> Iterable[Metric]:
+    up = GaugeMetricFamily("wardgate_upstream_endpoint_up", "1 while an endpoint is in rotation", labels=["endpoint"])
+    busy = GaugeMetricFamily("wardgate_upstream_endpoint_in_flight", "Tries in flight", labels=["endpoint"])
+    ejected = CounterMetricFamily(
+        "wardgate_upstream_endpoint_ejections", "Times an endpoint was left out after failing", labels=["endpoint"]
+    )
+    for url, healthy, in_flight, ejections in endpoints:
+        up.add_metric([url], 1 if healthy else 0)
+        busy.add_metric([url], in_flight)
+        ejected.add_metric([url], ejections)
+    yield up
+    yield busy
+    yield ejected
 
 
 class Metrics:
     """The gateway's metrics, in their own registry (tests and several clusters in one process stay apart)."""
 
-    def __init__(self, sessions: Callable[[], Mapping[str, int]] = dict, wireguard: WireGuardPeers = dict) -> None:
+    def __init__(
+        self,
+        sessions: Callable[[], Mapping[str, int]] = dict,
+        wireguard: WireGuardPeers = dict,
+        endpoints: UpstreamEndpoints = tuple,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "wardgate_requests",
@@ -99,7 +125,13 @@ class Metrics:
             ["signal"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(sessions, wireguard))
+        self.attempts = Counter(
+            "wardgate_upstream_attempts",
+            "Tries of upstreams (retries and fallbacks included) by config and outcome",
+            ["service", "config", "outcome"],
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(sessions, wireguard, endpoints))
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -126,6 +158,9 @@ class Metrics:
                     self._child(self.tokens, service, user, model, direction).inc(value)
         for failure in record.plugin_failures:
             self._child(self.plugin_failures, service, failure.plugin, failure.kind).inc()
+        for attempt in record.attempts:
+            # `status 503`, `connect`, `skipped`...: a bounded set (statuses are 400-599).
+            self._child(self.attempts, service, attempt.config, attempt.reason.partition(":")[0]).inc()
 
     def drop(self, signal: str, count: int) -> None:
         self._child(self.dropped, signal).inc(count)

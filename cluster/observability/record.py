@@ -33,6 +33,31 @@ class PluginFailure:
     kind: str
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One try of the upstream: its config, endpoint (host:port), status (None: no answer), how long it took,
+    why it ended (`answered`, `status 503`, `connect`, `timeout`, `reset`, `first token timeout`, `skipped: ...`),
+    and the wait before the next try."""
+
+    config: str
+    endpoint: str | None
+    status: int | None
+    duration_ms: float
+    reason: str
+    wait_ms: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "config": self.config,
+            "endpoint": self.endpoint,
+            "status": self.status,
+            "durationMs": self.duration_ms,
+            "reason": self.reason,
+            "waitMs": self.wait_ms,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
 @dataclass(slots=True)
 class AccessRecord:
     """Filled in as the request goes; `finish` stamps status and duration."""
@@ -71,6 +96,8 @@ class AccessRecord:
     upstream_first_byte_ms: float | None = None
     usage: dict[str, Any] | None = None
     finish_reasons: list[str] | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    """Every try of the upstream, in order (retries and fallbacks included)."""
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Endpoint-specific fields of the cluster's own endpoints (e.g. the login's identity provider)."""
@@ -117,6 +144,7 @@ class AccessRecord:
             "upstreamFirstByteMs": self.upstream_first_byte_ms,
             "usage": self.usage,
             "finishReasons": self.finish_reasons,
+            "attempts": [a.as_dict() for a in self.attempts] or None,
             "error": self.error,
             **self.extra,
             "status": self.status,

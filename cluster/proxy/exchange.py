@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from cluster.authorize.admit import Admission
+from cluster.authorize.facts import RequestFacts
 from cluster.authorize.state import GatewayState, Route
 from cluster.errors import Refused
 from cluster.observability.otlp import SpanKind, SpanRecord, TraceContext
@@ -53,6 +54,8 @@ class Exchange:
     origin: str | None = None
     flow: HttpFlow | None = None
     chain: ChainRun | None = None
+    facts: RequestFacts | None = None
+    """The request as admitted (normalised path, the body as read): fallbacks replay it, never a copy."""
 
     @property
     def route(self) -> Route:

@@ -240,6 +240,7 @@ class Gateway:
             ip=request.remote or "",
             body=body,
         )
+        ex.facts = facts
         started = time.perf_counter()
         outcome = admit(state, Caller.of(identity), facts, pipe.name)
         record.bytes_in = len(body)

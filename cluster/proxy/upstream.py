@@ -5,11 +5,15 @@
                        │                             then each chunk as it comes (SSE stays a stream)
                        └─ a plugin reads the body ─▶ buffer (≤ MAX_BUFFERED_RESPONSE), plugins, one answer
 Failures are typed: UpstreamRefused (before the client got a status line: a clean error response) and
-StreamBroken (after: the client connection is cut, as a proxy must).
+StreamBroken (after: the client connection is cut, as a proxy must). A config with retries, fallbacks, a
+first-token timeout or several endpoints goes through `_tries` (attempts.py decides what follows a failed
+try); the others take one try, exactly as above. Every try leaves an AttemptRecord and a span.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
 
@@ -17,14 +21,18 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from cluster.authorize.resilience import Endpoint
 from cluster.authorize.state import GatewayState, Route
 from cluster.errors import Refused, Unavailable
 from cluster.observability.otlp import SpanKind
+from cluster.observability.record import AttemptRecord
 from cluster.plugins.flow import HttpFlow
 from cluster.plugins.flow import Request as FlowRequest
 from cluster.plugins.flow import Response as FlowResponse
 from cluster.plugins.manager import ChainRun
 from cluster.proxy import assertion
+from cluster.proxy.attempts import FIRST_TOKEN_TIMEOUT, AttemptFailed, Plan, hop_request, retry_after
+from cluster.proxy.balancer import Balancer
 from cluster.proxy.cors import cors_headers
 from cluster.proxy.exchange import Exchange, openai_error
 from cluster.proxy.headers import client_response_headers
@@ -33,6 +41,9 @@ from cluster.proxy.upstream_auth import OAuth2TokenCache, auth_header
 
 MAX_BUFFERED_RESPONSE = 32 * 1024 * 1024
 """The largest upstream response held in memory for plugins with a `response` hook (larger: 502)."""
+MAX_DRAINED = 64 * 1024
+"""A failed try's answer up to this size is read (and dropped) so that its connection is reused."""
+ATTEMPTS_HEADER = "x-wardgate-attempts"
 
 
 class UpstreamRefused(Exception):
@@ -48,7 +59,7 @@ class StreamBroken(Exception):
     """The upstream failed after the client got the status line: the client connection is cut."""
 
 
-def rewrite_path(route: Route, raw_path: str) -> str:
+def rewrite_path(route: Route, raw_path: str, endpoint: Endpoint | None = None) -> str:
     path_cfg = route.config.http.path
     if path_cfg.remove_prefix:
         prefix = path_cfg.remove_prefix.rstrip("/")
@@ -56,7 +67,7 @@ def rewrite_path(route: Route, raw_path: str) -> str:
             raw_path = raw_path[len(prefix) :] or "/"
     if path_cfg.add_prefix:
         raw_path = path_cfg.add_prefix.rstrip("/") + raw_path
-    return route.base_path + raw_path
+    return (endpoint.base_path if endpoint is not None else route.base_path) + raw_path
 
 
 def complete(ex: Exchange, answer: FlowResponse, plugin: str | None) -> web.Response:
@@ -88,16 +99,23 @@ class Upstream:
     """Sends admitted requests upstream over one shared client session."""
 
     def __init__(
-        self, client: aiohttp.ClientSession, scheme: str, assertions: assertion.AssertionSigner | None = None
+        self,
+        client: aiohttp.ClientSession,
+        scheme: str,
+        assertions: assertion.AssertionSigner | None = None,
+        balancer: Balancer | None = None,
     ) -> None:
         self._client = client
         self._scheme = scheme
         self._oauth2 = OAuth2TokenCache(client)
         self._assertions = assertions
+        self.balancer = balancer if balancer is not None else Balancer()
 
-    async def _prepare(self, ex: Exchange, state: GatewayState, outgoing: FlowRequest, buffered: bool) -> bytes:
+    async def _prepare(
+        self, ex: Exchange, state: GatewayState, route: Route, endpoint: Endpoint, outgoing: FlowRequest, buffered: bool
+    ) -> bytes:
         """Headers for the upstream; returns the new span id (the upstream's parent in the trace)."""
-        route, headers = ex.route, outgoing.headers
+        headers = outgoing.headers
         if buffered:
             headers["Accept-Encoding"] = "identity"
         auth = route.config.http.auth
@@ -110,7 +128,7 @@ class Upstream:
         identity_assertion = route.config.http.identity_assertion
         if identity_assertion.enabled:
             headers[assertion.HEADER] = self._assertion(ex, identity_assertion.audience)
-        headers["Host"] = route.netloc
+        headers["Host"] = endpoint.netloc
         headers["X-Forwarded-For"] = ex.request.remote or ""
         headers["X-Forwarded-Proto"] = self._scheme
         headers["X-Forwarded-Host"] = ex.host
@@ -132,53 +150,137 @@ class Upstream:
         self, ex: Exchange, state: GatewayState, outgoing: FlowRequest, run: ChainRun | None
     ) -> web.StreamResponse:
         route = ex.route
+        if not route.retry.resilient:
+            return await self._try(ex, state, route, route.endpoints[0], outgoing, run, None)
+        return await self._tries(ex, state, outgoing, run)
+
+    async def _tries(
+        self, ex: Exchange, state: GatewayState, outgoing: FlowRequest, run: ChainRun | None
+    ) -> web.StreamResponse:
+        """Try, and after a failed try what the Plan says: wait and try again, or the next fallback."""
+        assert ex.facts is not None and ex.admission is not None
+        loop = asyncio.get_running_loop()
+        streaming = ex.admission.body_map.get("stream") is True
+        plan = Plan.start(ex.route, len(ex.facts.body), streaming, loop.time())
+        avoid: str | None = None
+        while True:
+            route = plan.route
+            endpoint = self.balancer.pick(route.endpoints, route.retry, avoid)
+            try:
+                return await self._try(ex, state, route, endpoint, outgoing, run, plan)
+            except AttemptFailed as failed:
+                step = failed.step
+                assert step is not None
+            avoid = endpoint.url
+            if step.wait:
+                await asyncio.sleep(step.wait)
+            for name, why in step.skipped:
+                ex.record.attempts.append(AttemptRecord(name, None, None, 0.0, why))
+            plan.advance(step)
+            if step.fallback is not None:
+                avoid = None
+                outgoing, run = await hop_request(ex, plan.route, plan.model)
+                ex.record.upstream_model = plan.model or ex.record.upstream_model
+                if ex.flow is not None and ex.flow.response is not None and run is not None:
+                    return await _plugin_answer(ex, plan.route, ex.flow, run)
+
+    async def _try(
+        self,
+        ex: Exchange,
+        state: GatewayState,
+        route: Route,
+        endpoint: Endpoint,
+        outgoing: FlowRequest,
+        run: ChainRun | None,
+        plan: Plan | None,
+    ) -> web.StreamResponse:
+        """One try. With a plan, a counted failure before the first byte raises AttemptFailed (its step set)
+        when another try follows; without one, or when nothing follows, the failure goes to the client."""
         buffered = run is not None and run.wants_response_body
-        span = await self._prepare(ex, state, outgoing, buffered)
-        url = f"{route.scheme}://{route.netloc}{rewrite_path(route, outgoing.path)}"
+        span = await self._prepare(ex, state, route, endpoint, outgoing, buffered)
+        url = f"{endpoint.scheme}://{endpoint.netloc}{rewrite_path(route, outgoing.path, endpoint)}"
         if outgoing.query:
             url += "?" + outgoing.query
         timeouts = route.config.http.timeouts
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
+        balanced = len(route.endpoints) > 1
+        if balanced:
+            self.balancer.started(endpoint)
         started = time.perf_counter()
+        status: int | None = None
+        reason, healthy = "answered", True
+        window: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+        if plan is not None and plan.deadline is not None:
+            window = asyncio.timeout_at(plan.deadline)
         try:
-            async with self._client.request(
-                outgoing.method,
-                URL(url, encoded=True),
-                headers=outgoing.headers,
-                data=outgoing.body or None,
-                allow_redirects=False,
-                timeout=timeout,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            ) as upstream:
-                ex.record.upstream_status = upstream.status
+            async with (
+                window as deadline,
+                self._client.request(
+                    outgoing.method,
+                    URL(url, encoded=True),
+                    headers=outgoing.headers,
+                    data=outgoing.body or None,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                ) as upstream,
+            ):
+                status = ex.record.upstream_status = upstream.status
+                first: bytes | None = None
+                if plan is not None:
+                    first = await _before_commit(upstream, plan, started)
+                    if isinstance(deadline, asyncio.Timeout):
+                        deadline.reschedule(None)
+                if status >= 400:
+                    reason = f"status {status}"
+                    healthy = status < 500
                 if buffered:
                     assert ex.flow is not None and run is not None
-                    return await self._buffer(ex, upstream, started, ex.flow, run)
-                return await self._relay(ex, upstream, started, run)
-        except TimeoutError as exc:
-            raise UpstreamRefused(Refused.UPSTREAM_TIMEOUT, "upstream timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamRefused(Refused.UPSTREAM_UNREACHABLE, f"upstream unreachable: {type(exc).__name__}") from exc
+                    return await self._buffer(ex, route, upstream, started, ex.flow, run, first)
+                return await self._relay(ex, route, upstream, started, run, first)
+        except (AttemptFailed, TimeoutError, aiohttp.ClientError) as exc:
+            failure = exc if isinstance(exc, AttemptFailed) else _classify(exc)
+            reason, healthy = failure.reason, failure.healthy
+            if plan is not None and failure.step is None:
+                failure.step = plan.decide(failure, asyncio.get_running_loop().time())
+            if failure.step is not None:
+                raise failure from None
+            raise UpstreamRefused(*_refusal(exc, failure)) from exc
         finally:
-            ex.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+            elapsed = time.perf_counter() - started
+            if balanced:
+                self.balancer.finished(endpoint, route.retry, healthy)
+            ex.record.upstream_ms = round(elapsed * 1000, 3)
+            ex.record.attempts.append(AttemptRecord(route.name, endpoint.netloc, status, ex.record.upstream_ms, reason))
             ex.span(
                 f"upstream {route.name}",
                 started,
                 {
-                    "server.address": route.netloc,
+                    "server.address": endpoint.netloc,
                     "http.request.method": outgoing.method,
-                    "http.response.status_code": ex.record.upstream_status,
+                    "http.response.status_code": status,
                     "wardgate.config": route.name,
+                    "wardgate.attempt": len(ex.record.attempts),
+                    "wardgate.attempt.reason": reason,
                 },
                 SpanKind.CLIENT,
                 span,
             )
 
     async def _buffer(
-        self, ex: Exchange, upstream: aiohttp.ClientResponse, started: float, flow: HttpFlow, run: ChainRun
+        self,
+        ex: Exchange,
+        route: Route,
+        upstream: aiohttp.ClientResponse,
+        started: float,
+        flow: HttpFlow,
+        run: ChainRun,
+        first: bytes | None,
     ) -> web.StreamResponse:
         """Read the whole upstream response, let the plugins see and change it, then send it."""
-        data = bytearray()
+        data = bytearray(first or b"")
+        if first:
+            ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
             async for chunk in upstream.content.iter_any():
                 if not data:
@@ -194,19 +296,26 @@ class Upstream:
         tap = ResponseTap(upstream.headers.get("Content-Type", ""))
         tap.feed(bytes(data))
         ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
-        route = ex.route
         headers = client_response_headers(upstream.headers, route.remove_response_headers)
         for name, value in route.add_response_headers:
             headers[name] = value
         flow.response = FlowResponse(upstream.status, headers, bytes(data))
         await run.response_headers(flow)
         await run.response(flow)
-        return complete(ex, flow.response, None)
+        response = complete(ex, flow.response, None)
+        _attempts_header(ex, response, route, upstream.status)
+        return response
 
     async def _relay(
-        self, ex: Exchange, upstream: aiohttp.ClientResponse, started: float, run: ChainRun | None
+        self,
+        ex: Exchange,
+        route: Route,
+        upstream: aiohttp.ClientResponse,
+        started: float,
+        run: ChainRun | None,
+        first: bytes | None,
     ) -> web.StreamResponse:
-        route, request = ex.route, ex.request
+        request = ex.request
         headers = client_response_headers(upstream.headers, route.remove_response_headers)
         for name, value in route.add_response_headers:
             headers[name] = value
@@ -219,12 +328,18 @@ class Upstream:
         response.headers.extend(headers)
         response.headers["x-request-id"] = ex.request_id
         _add_cors(ex, response)
+        _attempts_header(ex, response, route, upstream.status)
         if upstream.content_length is not None and request.method != "HEAD":
             response.content_length = upstream.content_length
         tap = ResponseTap(upstream.headers.get("Content-Type", ""))
         sent = 0
         await response.prepare(request)
         try:
+            if first:
+                ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
+                tap.feed(first)
+                await response.write(first)
+                sent = len(first)
             async for chunk in upstream.content.iter_any():
                 if sent == 0:
                     ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -241,3 +356,76 @@ class Upstream:
         ex.record.bytes_out = sent
         ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
         return response
+
+
+async def _before_commit(upstream: aiohttp.ClientResponse, plan: Plan, started: float) -> bytes | None:
+    """Before the client sees anything: a counted failure status raises AttemptFailed (with its step) when
+    another try follows; otherwise the first byte of the answer is read here (within `firstTokenTimeout` for
+    a stream), so that an upstream that dies or stays silent before it is one more failed try."""
+    status = upstream.status
+    if status >= 400:
+        failure = AttemptFailed("status", status, retry_after(upstream.headers))
+        if plan.counts(failure):
+            failure.step = plan.decide(failure, asyncio.get_running_loop().time())
+            if failure.step is not None:
+                await _drain(upstream)
+                raise failure
+        return None
+    limit = plan.first_token_timeout()
+    try:
+        if limit is None:
+            return await upstream.content.readany()
+        return await asyncio.wait_for(upstream.content.readany(), max(0.001, limit - (time.perf_counter() - started)))
+    except aiohttp.ClientError as exc:
+        raise _classify(exc) from exc
+    except TimeoutError as exc:
+        raise AttemptFailed(FIRST_TOKEN_TIMEOUT) from exc
+
+
+async def _drain(upstream: aiohttp.ClientResponse) -> None:
+    """Read a small failed answer so its connection goes back to the pool; a large one is closed instead."""
+    length = upstream.content_length
+    if length is None or length > MAX_DRAINED:
+        upstream.close()
+        return
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with asyncio.timeout(1.0):
+            await upstream.read()
+
+
+def _classify(exc: BaseException) -> AttemptFailed:
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return AttemptFailed("connect")
+    if isinstance(exc, TimeoutError):
+        return AttemptFailed("timeout")
+    return AttemptFailed("reset")
+
+
+def _refusal(exc: BaseException, failure: AttemptFailed) -> tuple[Refused, str]:
+    if failure.kind == FIRST_TOKEN_TIMEOUT:
+        return Refused.UPSTREAM_TIMEOUT, "upstream sent nothing within firstTokenTimeout"
+    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
+        return Refused.UPSTREAM_TIMEOUT, "upstream timed out (retry.timeout reached)"
+    if isinstance(exc, TimeoutError) or failure.kind == "timeout":
+        return Refused.UPSTREAM_TIMEOUT, "upstream timed out"
+    if isinstance(exc, AttemptFailed):
+        return Refused.UPSTREAM_FAILED, f"upstream failed before its first byte: {failure.reason}"
+    return Refused.UPSTREAM_UNREACHABLE, f"upstream unreachable: {type(exc).__name__}"
+
+
+def _attempts_header(ex: Exchange, response: web.StreamResponse, route: Route, status: int) -> None:
+    """`x-wardgate-attempts: default=503, default=503, openai=200` when the admitted config asks for it."""
+    if ex.route.retry.attempts_header:
+        tries = [f"{a.config}={a.status if a.status is not None else a.reason}" for a in ex.record.attempts]
+        response.headers[ATTEMPTS_HEADER] = ", ".join([*tries, f"{route.name}={status}"])
+
+
+async def _plugin_answer(ex: Exchange, route: Route, flow: HttpFlow, run: ChainRun) -> web.Response:
+    """A fallback's plugin answered in its request phase: its response phase runs, no upstream."""
+    assert flow.response is not None
+    ex.record.answered_by = run.answered_by
+    flow.response.headers.extend(route.add_response_headers)
+    await run.response_headers(flow)
+    if run.wants_response_body:
+        await run.response(flow)
+    return complete(ex, flow.response, run.answered_by)

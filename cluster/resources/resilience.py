@@ -60,9 +60,9 @@ class Retry(Model):
     @model_validator(mode="before")
     @classmethod
     def _yaml_on(cls, data: Any) -> Any:
-        # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean true.
-        if isinstance(data, Mapping) and True in data and "on" not in data:
-            return {("on" if k is True else k): v for k, v in data.items()}
+        # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean true, which JSON then spells "true".
+        if isinstance(data, Mapping) and "on" not in data and any(k is True or k == "true" for k in data):
+            return {("on" if k is True or k == "true" else k): v for k, v in data.items()}
         return data
 
     @model_validator(mode="after")

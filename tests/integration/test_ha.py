@@ -127,6 +127,8 @@ async def test_postgres_restart_under_traffic(pair: Pair) -> None:
     a, b = pair.nodes
     status, created = await _credential(a, "steady")
     assert status == 200 and created is not None
+    # Across nodes a write is enforced within the propagation bound, not at the acknowledgement: wait for it.
+    await ha_env.until_applied(pair.nodes, time.perf_counter())
     token = await token_for(b, created["clientId"], created["clientSecret"])
     await ha_env.until_applied(pair.nodes, time.perf_counter())
     await asyncio.to_thread(pair.server.stop)
@@ -143,6 +145,7 @@ async def test_postgres_restart_under_traffic(pair: Pair) -> None:
         await asyncio.to_thread(ha_env.wait_ready, node, 30)
     status, after = await _credential(b, "after-restart")
     assert status == 200 and after is not None
+    await ha_env.until_applied(pair.nodes, time.perf_counter())
     fresh = await token_for(a, after["clientId"], after["clientSecret"])
     await ha_env.until_applied(pair.nodes, time.perf_counter())
     status, _ = await call(a, "DELETE", a.url + "/api/v1/credentials/steady", headers=admin_headers(a))
