@@ -136,7 +136,7 @@ class _Runtime(FlowApi):
             b"tick": self.tick,
             b"exhausted": lambda: self.bound is not None,
             b"exit": g(self.answer_with_status),
-            b"ctx_node": g(self.ctx_node),
+            b"ctx_node": g(self._ctx_node),
             b"ctx_raw": g(self.ctx_raw),
             b"req": self.lua.table_from(req),
             b"resp": self.lua.table_from(resp),
@@ -202,6 +202,12 @@ class _Runtime(FlowApi):
             return result
 
         return guarded
+
+    def _ctx_node(self, handle: object) -> bytes:
+        """A ctx level is charged by its number of items before it is converted (8 units each)."""
+        if not self.tick(8 * len(self._node(handle))):
+            raise _BoundExceeded(self.bound)
+        return self.ctx_node(handle)
 
     # -- driving a call ---------------------------------------------------------------------------------
 

@@ -29,8 +29,8 @@ local D = ...
 local spend, find_plain = D.spend, D.find_plain
 local strfind, strmatch, strgmatch, strgsub, strrep, strsub, byte = string.find, string.match, string.gmatch,
   string.gsub, string.rep, string.sub, string.byte
-local tmove, tsort, type, error, rawequal = table.move, table.sort, type, error, rawequal
-local mathtype, huge = math.type, math.huge
+local tmove, tsort, tconcat, type, error, rawequal = table.move, table.sort, table.concat, type, error, rawequal
+local mathtype, tointeger, huge = math.type, math.tointeger, math.huge
 
 local STEP_LIMIT = D.step_limit
 local PLAIN_LIMIT = 64 * 1024 * 1024
@@ -168,10 +168,30 @@ end
 
 local function rep(s, n, sep)
   if s == "" and (sep == nil or sep == "") and mathtype(n) ~= nil then return "" end
+  if type(s) == "string" and type(n) == "number" and n > 0 then
+    local size = (#s + (type(sep) == "string" and #sep or 0)) * n
+    if size > 0 then spend(size) end
+  end
   return strrep(s, n, sep)
 end
 
+-- A function linear in its first argument's size: the size is spent before the call.
+local function sized(f)
+  return function(s, ...)
+    if type(s) == "string" then spend(#s) end
+    return f(s, ...)
+  end
+end
+
+-- table.concat's result is as long as its work: spent after the call (one call is bounded by memory).
+local function sized_concat(t, sep, i, j)
+  local out = tconcat(t, sep, i, j)
+  spend(#out)
+  return out
+end
+
 local function move(a1, f, e, t, a2)
+  f, e, t = tointeger(f) or f, tointeger(e) or e, tointeger(t) or t
   if mathtype(f) ~= "integer" or mathtype(e) ~= "integer" or mathtype(t) ~= "integer" or e - f < MOVE_CHUNK then
     return tmove(a1, f, e, t, a2)
   end
@@ -207,5 +227,6 @@ local function sort(t, cmp)
 end
 
 return {find = find, match = match, gmatch = gmatch, gsub = gsub, rep = rep, move = move, sort = sort,
+        sized = sized, sized_concat = sized_concat,
         contains = function(s, sub) return find(s, sub, 1, true) ~= nil end}
 """

@@ -30,11 +30,9 @@ local exhausted = false
 local every, work = HOOK_EVERY, 0
 local current_co
 
-local function hook()
-  if not P.tick(every) then
-    exhausted = true
-    error("bound exceeded", 0)
-  end
+local hook
+
+local function adapt()
   local kb = gcount("count")
   local want = HOOK_EVERY
   if kb > BASE_KB then
@@ -47,6 +45,14 @@ local function hook()
   end
 end
 
+hook = function()
+  if not P.tick(every) then
+    exhausted = true
+    error("bound exceeded", 0)
+  end
+  adapt()
+end
+
 -- Work done inside a C call (a pattern match, a chunk of table.move) brings the time check forward.
 local function spend(units)
   work = work + units
@@ -56,12 +62,14 @@ local function spend(units)
       exhausted = true
       error("bound exceeded", 0)
     end
+    adapt()
   end
 end
 
 local J = load(P.json_src, "=json", "t")()
 local ARRAY, OBJECT = J.ARRAY, J.OBJECT
 local L = load(P.limits_src, "=limits", "t")({spend = spend, find_plain = P.find_plain, step_limit = P.step_limit})
+local LINEAR = {"byte", "format", "len", "lower", "reverse", "sub", "upper"}
 
 local function readonly(t, name)
   return setmetatable({}, {
@@ -232,8 +240,11 @@ local function new_ctx() return J.lazy(P.ctx_node, P.ctx_raw, 0, 2) end
 local string_lib = copy(string, {dump = true})
 string_lib.find, string_lib.match, string_lib.gmatch, string_lib.gsub = L.find, L.match, L.gmatch, L.gsub
 string_lib.rep = L.rep
+for _, name in ipairs(LINEAR) do string_lib[name] = L.sized(string[name]) end
 local table_lib = copy(table)
-table_lib.move, table_lib.sort = L.move, L.sort
+table_lib.move, table_lib.sort, table_lib.concat = L.move, L.sort, L.sized_concat
+local utf8_lib = copy(utf8)
+for _, name in ipairs({"len", "codepoint", "offset"}) do utf8_lib[name] = L.sized(utf8[name]) end
 local safe_string = readonly(string_lib, "string")
 local smeta = rawmeta("")
 smeta.__index = safe_string
@@ -241,7 +252,7 @@ smeta.__metatable = false
 
 local env = {
   assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, select = select,
-  tonumber = tonumber, tostring = tostring, type = type, rawequal = rawequal, rawlen = rawlen, rawget = rawget,
+  tonumber = L.sized(tonumber), tostring = tostring, type = type, rawequal = rawequal, rawlen = rawlen, rawget = rawget,
   getmetatable = getmetatable,
   setmetatable = function(t, mt)
     if type(mt) == "table" and rawget(mt, "__gc") ~= nil then error("__gc metamethods are not allowed", 2) end
@@ -261,7 +272,7 @@ local env = {
   string = safe_string,
   table = readonly(table_lib, "table"),
   math = readonly(copy(math), "math"),
-  utf8 = readonly(copy(utf8), "utf8"),
+  utf8 = readonly(utf8_lib, "utf8"),
   json = readonly(json, "json"),
   strings = readonly(strings, "strings"),
   base64 = readonly(base64, "base64"),
