@@ -1,8 +1,9 @@
 """`make bench`: the gateway against the direct path, side by side, in one run, measured with wrk.
 
 Starts the fake OpenAI-compatible provider and a Wardgate cluster (its own home in a temporary
-directory), applies two public Services, and runs wrk against: the provider directly (the baseline),
-Wardgate with an empty pipeline (authentication + an allow-all rule), and Wardgate with the full
+directory), applies three public Services, and runs wrk against: the provider directly (the baseline),
+Wardgate with an empty pipeline (authentication + an allow-all rule), the same with retries, a fallback
+and a first-token timeout configured (`retry`: their cost when nothing fails), and Wardgate with the full
 pipeline (OAuth2 access token, a my-api-like CEL policy, a dynamic-config rule, a small Lua plugin,
 secret injection, the access log to a file). Prints latency p50/p99 at c=1 and throughput at c=32 and
 c=128, for JSON and SSE answers, each with its ratio to the direct path, plus peak RSS. --soak N adds
@@ -116,6 +117,30 @@ def manifests(upstream: str, with_plugin: bool) -> list[dict[str, Any]]:
             "spec": {
                 "isPublic": True,
                 "config": {"upstream": {"url": upstream}, "http": {"auth": {"bearer": {"fromSecret": "provider-key"}}}},
+                "authorization": allow_all,
+            },
+        },
+        {
+            "kind": "Service",
+            "metadata": {"name": "resilient"},
+            "spec": {
+                "isPublic": True,
+                "config": {
+                    "upstream": {"url": upstream},
+                    "http": {"auth": {"bearer": {"fromSecret": "provider-key"}}},
+                    "retry": {"attempts": 3, "on": [429, "5xx", "connect", "timeout", "reset"], "timeout": "30s"},
+                    "fallbacks": [{"configName": "backup", "model": "gpt-4o"}],
+                    "firstTokenTimeout": "10s",
+                },
+                "dynamicConfig": {
+                    "configs": [
+                        {
+                            "name": "backup",
+                            "upstream": {"url": upstream},
+                            "http": {"auth": {"bearer": {"fromSecret": "provider-key"}}},
+                        }
+                    ]
+                },
                 "authorization": allow_all,
             },
         },
@@ -330,6 +355,7 @@ def main() -> int:
                 {"Authorization": f"Bearer {PROVIDER_KEY}", "Content-Type": "application/json"},
             ),
             "empty": (gateway, {**auth, "Host": f"empty.{DOMAIN}"}),
+            "retry": (gateway, {**auth, "Host": f"resilient.{DOMAIN}"}),
             "full": (gateway, {**auth, "Host": f"full.{DOMAIN}"}),
         }
         bodies = {"json": BODY, "sse": {**BODY, "stream": True, "stream_options": {"include_usage": True}}}

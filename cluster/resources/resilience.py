@@ -77,10 +77,6 @@ class Retry(Model):
                     f"{self.attempts} attempts): the last retries could never run; raise timeout or lower "
                     "attempts/maxBackoff"
                 )
-            if self.max_retry_after >= self.timeout:
-                raise ValueError(
-                    f"maxRetryAfter ({self.max_retry_after:g}s) is not shorter than timeout ({self.timeout:g}s)"
-                )
         return self
 
     def worst_case_sleeps(self) -> float:
