@@ -25,12 +25,11 @@ from pathlib import Path
 
 import aiohttp
 import uvloop
-from aiohttp import web
 
 from cluster.api import health
 from cluster.api.agent import AgentApi
 from cluster.api.apex import ApexApp, make_apex_app
-from cluster.api.app import make_admin_app
+from cluster.api.app import make_admin_app, malformed_requests
 from cluster.api.health import Readiness
 from cluster.api.login import BrowserLogin
 from cluster.api.oauth import TokenEndpoint
@@ -54,6 +53,7 @@ from cluster.policy import cel, rego
 from cluster.proxy.assertion import AssertionSigner
 from cluster.proxy.balancer import Balancer
 from cluster.proxy.connections import ConnectionGuard, ConnectionLimits
+from cluster.proxy.listener import ListenerAppRunner, ListenerServer
 from cluster.proxy.revocation import LiveConnections
 from cluster.proxy.server import Gateway, Listener, Telemetry, bearer_or_cookie
 from cluster.proxy.tunnel import TunnelListener, tunnel_gateway
@@ -117,7 +117,15 @@ def _tunnel_listener(
         live=live,
     )
     addresses = [network.gateway_ipv4, network.gateway_ipv6]
-    return TunnelListener(gateway.handle, settings.interface, addresses, settings.http_port, limits=limits, live=live)
+    return TunnelListener(
+        gateway.handle,
+        settings.interface,
+        addresses,
+        settings.http_port,
+        limits=limits,
+        live=live,
+        malformed=gateway.malformed,
+    )
 
 
 def _wireguard_metrics(agents: AgentApi) -> dict[str, list[tuple[str, float | None, int, int]]]:
@@ -195,7 +203,13 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     health.install(admin_app, readiness)
     wireguard_peers.append(agents)
     limits = settings.limits
-    admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False, **limits.server_options())
+    admin_runner = ListenerAppRunner(
+        admin_app,
+        malformed=malformed_requests(admin_app),
+        access_log=None,
+        handle_signals=False,
+        **limits.server_options(),
+    )
     await admin_runner.setup()
     assert admin_runner.server is not None
     admin_guard = ConnectionGuard(admin_runner.server, limits, name="admin", cap=False)
@@ -253,7 +267,13 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         telemetry=telemetry,
         live=live,
     )
-    public_server = web.Server(gateway.handle, handler_cancellation=True, access_log=None, **limits.server_options())
+    public_server = ListenerServer(
+        gateway.handle,
+        malformed=gateway.malformed,
+        handler_cancellation=True,
+        access_log=None,
+        **limits.server_options(),
+    )
     public_guard = ConnectionGuard(public_server, limits, name="public", cap=True, on_close=live.forget)
     tunnel = _tunnel_listener(
         settings.tunnel,

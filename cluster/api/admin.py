@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from cluster.api.admission import admit
@@ -30,11 +31,32 @@ def _kind(request: web.Request) -> str:
         raise NotFound(str(exc.args[0])) from None
 
 
+MAX_JSON_DEPTH = 64
+"""Deeper than any manifest: a deeper body is refused before validation walks it (recursively)."""
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether `value` nests deeper than `limit`; iterative, so no depth can exhaust the stack here."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 async def _json(request: web.Request) -> Any:
+    """The JSON body. orjson refuses nesting over 1024 (json.loads would recurse until RecursionError: a 500);
+    past MAX_JSON_DEPTH the body is refused as well."""
     try:
-        return await request.json()
-    except ValueError:
-        raise Invalid("the request body is not JSON") from None
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise Invalid("the request body is not JSON, or it nests too deeply") from None
+    if _depth_over(body, MAX_JSON_DEPTH):
+        raise Invalid(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+    return body
 
 
 @routes.get("/api/v1/{plural}")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from cluster.api import admin
-from cluster.api.health import healthz
 from cluster.api.admission import ExpressionCheck
 from cluster.api.auth import AdminPolicy, caller_of, identify
 from cluster.api.errors import error_middleware, error_response
+from cluster.api.health import healthz
 from cluster.api.policy_eval import PolicyEvaluator
 from cluster.api.state import (
     ACCESS_LOG,
@@ -99,6 +100,19 @@ async def metrics(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
     )
+
+
+def malformed_requests(app: web.Application) -> Callable[[web.BaseRequest, int, str], None]:
+    """The admin listener's access-log line for a request it could not parse (cluster/proxy/listener.py)."""
+
+    def record(request: web.BaseRequest, status: int, reason: str) -> None:
+        entry = AccessRecord(
+            listener="admin", method="-", path="-", remote=request.remote, node=app[NODE], reason=reason
+        )
+        entry.finish(status, 0.0)
+        app[ACCESS_LOG].write(entry)
+
+    return record
 
 
 def make_admin_app(

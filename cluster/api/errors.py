@@ -50,6 +50,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return error_response(exc.status, "http", exc.reason)
+    except RecursionError:
+        # An input nested deeper than a parser or validator can walk (a body parsed outside admin._json).
+        log.warning("input nested too deeply on %s %s", request.method, request.path)
+        return error_response(422, "invalid", "the input is nested too deeply")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; see the cluster log")

@@ -3,11 +3,16 @@
 The gateway, the tunnel listener, the admin API and `wardgatectl policy eval` all describe a request as
 `RequestFacts` (from a yarl URL, so a query string is read the same way everywhere) and hand it to
 `admit`; `policy_context` turns facts + identity into `ctx`. Credentials never reach policies: the
-`authorization` header is dropped and the session cookie is cut out of `cookie`.
+`authorization` header is dropped and the session cookie is cut out of `cookie` (by the function that cuts
+it out of what upstreams get).
+
+The path is normalised once, here (`normalize_path`): the gateway forwards `RequestFacts.raw_path`, so the
+path a rule judged is the path the upstream receives.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,15 +20,49 @@ from typing import Any
 
 from yarl import URL
 
-from cluster.identity.authenticate import SESSION_COOKIE, Identity
+from cluster.errors import Invalid
+from cluster.identity.authenticate import Identity, without_session_cookie
 from cluster.policy.context import build_ctx
 
 HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_SEPARATORS = ("%2F", "%5C", "%00", "\\")
+"""Encoded `/` and `\\` (a segment boundary for some upstreams and not for others) and NUL: refused."""
+
+
+def _decode_unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else "%" + match.group(1).upper()
+
+
+def normalize_path(raw_path: str) -> str | None:
+    """The request path as rules see it and the upstream gets it (RFC 3986 §6.2.2, plus merged slashes):
+    percent-encoded unreserved characters decoded (`%61` is `a`, `%2e` is `.`), other escapes kept with
+    upper-case hex, runs of `/` merged, `.` and `..` segments resolved (never above the root). None when
+    the path is not absolute or holds an encoded `/` or `\\`, a `\\` or an encoded NUL."""
+    if not raw_path.startswith("/"):
+        return None
+    decoded = _PERCENT.sub(_decode_unreserved, raw_path)
+    if any(s in decoded for s in _SEPARATORS):
+        return None
+    out: list[str] = []
+    segments = decoded.split("/")[1:]
+    for segment in segments:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment not in (".", ""):
+            out.append(segment)
+    trailing = segments[-1] in ("", ".", "..") and bool(out)
+    return "/" + "/".join(out) + ("/" if trailing else "")
 
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
-    """One request as the decision sees it. `headers` keep the client's spelling; `query` is decoded."""
+    """One request as the decision sees it. `headers` keep the client's spelling; `query` is decoded;
+    `raw_path` is the normalised path, still percent-encoded (what the upstream gets), `path` the same
+    path decoded (what `ctx.request.http.path` is)."""
 
     method: str
     path: str
@@ -33,6 +72,7 @@ class RequestFacts:
     scheme: str
     ip: str
     body: bytes = b""
+    raw_path: str = "/"
 
     @classmethod
     def of(
@@ -46,7 +86,12 @@ class RequestFacts:
         ip: str,
         body: bytes = b"",
     ) -> RequestFacts:
-        return cls(method.upper(), url.path, dict(url.query), headers, host, scheme, ip, body)
+        """Raises Invalid when the path is refused (see `normalize_path`)."""
+        raw_path = normalize_path(url.raw_path)
+        if raw_path is None:
+            raise Invalid("the request path holds an encoded '/' or '\\', a '\\' or an encoded NUL")
+        path = URL.build(path=raw_path, encoded=True).path
+        return cls(method.upper(), path, dict(url.query), headers, host, scheme, ip, body, raw_path)
 
     @property
     def content_type(self) -> str:
@@ -54,11 +99,6 @@ class RequestFacts:
             if name.lower() == "content-type":
                 return value
         return ""
-
-
-def _cut_session_cookie(value: str) -> str:
-    kept = [part for part in value.split(";") if part.strip().partition("=")[0].strip() != SESSION_COOKIE]
-    return ";".join(kept).strip()
 
 
 def policy_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -69,7 +109,7 @@ def policy_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if lower in HIDDEN_HEADERS:
             continue
         if lower == "cookie":
-            value = _cut_session_cookie(value)
+            value = without_session_cookie(value)
             if not value:
                 continue
         out[lower] = value

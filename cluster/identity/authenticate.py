@@ -1,12 +1,20 @@
 """Who is calling the gateway: a bearer access token (a Session), an ACCESS_TOKEN credential, or the
 browser session cookie. Everything is read from the watch-fed cache; nothing touches the store.
+
+The session cookie is read by one parser, aiohttp's own (the one behind `request.cookies`), and the same
+parser decides which cookies are cut out of what upstreams and policies see, so no spelling of the cookie
+can be accepted here and still be forwarded.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from aiohttp._cookie_helpers import parse_cookie_header
 
 from cluster.errors import Unauthenticated
 from cluster.identity import credentials
@@ -17,6 +25,38 @@ from cluster.resources.user import User
 from cluster.store.cache import ResourceCache
 
 SESSION_COOKIE = "wardgate_session"
+_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
+"""What a token can be: printable ASCII without spaces (JWTs and credential tokens are far shorter)."""
+_SESSION_SPELLING = re.compile(r"(?:^|[^!#$%&'*+.^`|~\w-])\$?wardgate_session\s*=", re.IGNORECASE | re.ASCII)
+"""The cookie's name where a looser parser than ours might find it: inside another cookie's value (after a
+comma, a quote or a space), with a `$` (RFC 2109) or in another case."""
+
+
+def session_cookie(cookie_headers: Iterable[str]) -> str | None:
+    """The session cookie's value over every Cookie header line; Unauthenticated when it appears with
+    different values (a cookie tossed beside the real one: neither can be trusted to be the caller's)."""
+    values = {
+        morsel.value
+        for header in cookie_headers
+        for name, morsel in parse_cookie_header(header)
+        if name == SESSION_COOKIE
+    }
+    if len(values) > 1:
+        raise Unauthenticated("several different session cookies")
+    return values.pop() if values else None
+
+
+def without_session_cookie(cookie_header: str) -> str:
+    """The Cookie header with every cookie that could be read as the session cookie taken out: each one our
+    parser names so, in any case or with `$`, and any whose value holds such a name. What is left is the
+    parser's own rendering of the other cookies (`name=value; ...`), "" when none is left."""
+    kept: list[str] = []
+    for name, morsel in parse_cookie_header(cookie_header):
+        pair = f"{name}={morsel.coded_value}"
+        if name.lower().lstrip("$") == SESSION_COOKIE or _SESSION_SPELLING.search(pair):
+            continue
+        kept.append(pair)
+    return "; ".join(kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +87,9 @@ class Authenticator:
 
     def from_token(self, token: str) -> Identity:
         """Identify a bearer token or cookie value; Unauthenticated says why not (for the log)."""
+        if not _TOKEN.fullmatch(token):
+            # Bytes a client sent that are not UTF-8 arrive as surrogates; never let them reach the decoders.
+            raise Unauthenticated("malformed token")
         if token.startswith(credentials.PREFIX + "."):
             return self._from_credential_token(token)
         claims = self._tokens.verify(token)

@@ -22,10 +22,10 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from cluster.authorize.admit import Admission, Caller, Refusal, admit
-from cluster.authorize.facts import RequestFacts
+from cluster.authorize.facts import RequestFacts, normalize_path
 from cluster.authorize.state import GatewayState, ServicePipeline
 from cluster.errors import Refused, Unauthenticated
-from cluster.identity.authenticate import SESSION_COOKIE, Authenticator, Identity
+from cluster.identity.authenticate import Authenticator, Identity, session_cookie
 from cluster.observability.accesslog import AccessLog
 from cluster.observability.metrics import Metrics
 from cluster.observability.otlp import Exporter, SpanKind, SpanRecord, new_trace
@@ -72,10 +72,8 @@ def bearer_or_cookie(authenticator: Authenticator) -> Identify:
             if not token.isascii() or not token.isprintable():
                 raise Unauthenticated("malformed bearer token")
             return authenticator.from_token(token)
-        cookie = request.cookies.get(SESSION_COOKIE)
+        cookie = session_cookie(request.headers.getall("Cookie", ()))
         if cookie:
-            if not cookie.isascii() or not cookie.isprintable():
-                raise Unauthenticated("malformed session cookie")
             return authenticator.from_token(cookie)
         raise Unauthenticated("no credentials")
 
@@ -124,6 +122,8 @@ class Gateway:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")
+        if not (host.isascii() and host.isprintable()):
+            host = ""  # bytes that are not a host name (not UTF-8: surrogates) never reach the record or a log
         if host == self._domain:
             return await self._apex(request)
         telemetry = self._telemetry
@@ -149,6 +149,12 @@ class Gateway:
             raise
         finally:
             self._finish(ex, status)
+
+    def malformed(self, request: web.BaseRequest, status: int, reason: str) -> None:
+        """The access-log line of a request the listener could not parse (listener.py answers it)."""
+        record = AccessRecord(self._listener.name, "-", "-", None, request.remote, self._node, reason=reason)
+        record.finish(status, 0.0)
+        self._log.write(record)
 
     def _finish(self, ex: Exchange, status: int) -> None:
         record = ex.record
@@ -205,6 +211,8 @@ class Gateway:
         request, record = ex.request, ex.record
         if request.method in REFUSED_METHODS:
             return ex.refuse(Refused.METHOD_NOT_ALLOWED, f"{request.method} is never proxied")
+        if not ex.host:
+            return ex.refuse(Refused.BAD_REQUEST, "no Host, or one that is not a host name")
         state = ex.state = self._state()
         pipe = self._service(state, ex.host)
         if pipe is None:
@@ -226,8 +234,8 @@ class Gateway:
         if self._live is not None:
             # From here until its connection closes, revoking this identity ends the connection.
             self._live.track(request.transport, record.user, record.session, record.credential)
-        if not _safe_path(request.rel_url.raw_path):
-            return ex.refuse(Refused.BAD_PATH, "path escapes its prefix")
+        if normalize_path(request.rel_url.raw_path) is None:
+            return ex.refuse(Refused.BAD_PATH, "encoded '/' or '\\', '\\' or encoded NUL in the path")
         body = await self._read_body(request, pipe.max_request_bytes)
         if body is None:
             return ex.refuse(Refused.TOO_LARGE, "request body over the limit")
@@ -256,7 +264,7 @@ class Gateway:
         record.model = request_model(outcome.body_map)
         record.decision = decision_record(outcome.decision)
         self._authorize_span(ex, started)
-        return await self._proceed(ex, outcome, body)
+        return await self._proceed(ex, outcome, facts)
 
     @staticmethod
     def _authorize_span(ex: Exchange, started: float) -> None:
@@ -264,12 +272,14 @@ class Gateway:
         assert decision is not None
         ex.span("authorize", started, {f"wardgate.decision.{k}": v for k, v in decision.as_dict().items()})
 
-    async def _proceed(self, ex: Exchange, admission: Admission, body: bytes) -> web.StreamResponse:
+    async def _proceed(self, ex: Exchange, admission: Admission, facts: RequestFacts) -> web.StreamResponse:
         route, url = ex.route, ex.request.rel_url
-        headers = upstream_request_headers(ex.request.headers, route.remove_request_headers, SESSION_COOKIE)
+        passed = route.config.http.header.pass_identity_headers
+        headers = upstream_request_headers(ex.request.headers, route.remove_request_headers, passed)
         for name, value in route.add_request_headers:
             headers[name] = value
-        outgoing = FlowRequest(ex.request.method, url.raw_path, url.raw_query_string, headers, body)
+        # The path the rules judged (normalised once, in RequestFacts) is the path the upstream gets.
+        outgoing = FlowRequest(ex.request.method, facts.raw_path, url.raw_query_string, headers, facts.body)
         state = ex.state
         assert state is not None
         try:
@@ -315,11 +325,3 @@ class Gateway:
         ex.record.plugin_failures.append(PluginFailure(exc.plugin, exc.hook, kind))
         log.error("service %s: %s; failing the request closed", ex.record.service, exc)
         return ex.refuse(Refused.PLUGIN_FAILED, str(exc))
-
-
-def _safe_path(raw_path: str) -> bool:
-    lowered = raw_path.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in raw_path or "%00" in lowered:
-        return False
-    segments = lowered.replace("%2e", ".").split("/")
-    return not any(s in (".", "..") for s in segments)

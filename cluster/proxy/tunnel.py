@@ -29,6 +29,7 @@ from cluster.identity.authenticate import Identity
 from cluster.observability.accesslog import AccessLog
 from cluster.proxy.connections import ConnectionGuard, ConnectionLimits
 from cluster.proxy.exchange import openai_error
+from cluster.proxy.listener import ListenerServer, Malformed
 from cluster.proxy.revocation import LiveConnections
 from cluster.proxy.server import Gateway, Handler, Listener, Telemetry
 from cluster.proxy.upstream import Upstream
@@ -125,9 +126,13 @@ class TunnelListener:
         poll_interval: float = 0.5,
         limits: ConnectionLimits | None = None,
         live: LiveConnections | None = None,
+        malformed: Malformed | None = None,
     ) -> None:
         limits = limits or ConnectionLimits()
-        self._server = web.Server(handler, handler_cancellation=True, access_log=None, **limits.server_options())
+        options = limits.server_options()
+        self._server = ListenerServer(
+            handler, malformed=malformed, handler_cancellation=True, access_log=None, **options
+        )
         # Per tunnel address: a connected client cannot exhaust the node's descriptors either.
         on_close = live.forget if live is not None else None
         self._guard = ConnectionGuard(self._server, limits, name="tunnel", cap=True, on_close=on_close)

@@ -87,6 +87,44 @@ class PathConfig(Model):
         return _check_prefix(value)
 
 
+# fmt: off
+IDENTITY_HEADERS = frozenset({
+    "true-client-ip", "x-client-ip", "cf-connecting-ip", "fastly-client-ip", "x-cluster-client-ip", "client-ip",
+    "x-originating-ip", "x-remote-ip", "x-remote-addr", "x-envoy-external-address", "x-forwarded",
+    "forwarded-for", "x-forwarded-server", "x-forwarded-ssl", "x-forwarded-scheme", "x-url-scheme",
+    "front-end-https",
+    "x-original-url", "x-original-uri", "x-rewrite-url", "x-forwarded-prefix", "x-forwarded-path",
+    "x-forwarded-uri", "x-envoy-original-path", "x-original-host", "x-host", "x-http-host-override",
+    "x-http-method-override", "x-http-method", "x-method-override",
+    "x-authenticated-user", "x-authenticated-userid", "x-authenticated-groups", "x-remote-group",
+    "x-remote-groups", "x-remote-email", "x-webauth-user", "x-vouch-user", "x-forwarded-access-token",
+    "x-userinfo", "x-id-token", "x-jwt-assertion", "cf-access-jwt-assertion",
+    "cf-access-authenticated-user-email",
+    "x-forwarded-client-cert", "x-client-cert", "x-ssl-client-cert", "x-ssl-client-dn", "x-client-dn",
+    "ssl-client-cert", "x-arr-clientcert",
+})
+# fmt: on
+"""Headers a client sends that common upstreams trust for identity, address or routing: stripped on the way
+upstream unless a Service names them in `http.header.passIdentityHeaders`. In order: the client's address as
+CDNs and load balancers assert it; the path, host or method a framework would use instead of the request's
+own; the user as identity-aware proxies (IAP, ALB, App Service, Cloudflare Access, oauth2-proxy) assert it;
+client certificates as TLS-terminating proxies pass them."""
+IDENTITY_HEADER_PREFIXES = (
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-goog-iap-",
+    "x-ms-client-principal",
+    "x-ms-token-",
+    "x-pomerium-",
+)
+"""Families of such headers, matched by prefix."""
+
+
+def identity_header(name: str) -> bool:
+    """Whether `name` (lower-case, `_` read as `-`) is one of the strippable identity headers."""
+    return name in IDENTITY_HEADERS or name.startswith(IDENTITY_HEADER_PREFIXES)
+
+
 class HeaderEntry(Model):
     name: HeaderName
     value: HeaderValue
@@ -99,6 +137,21 @@ class HeaderConfig(Model):
     remove_request_headers: list[HeaderName] = Field(default_factory=list)
     add_response_headers: list[HeaderEntry] = Field(default_factory=list)
     remove_response_headers: list[HeaderName] = Field(default_factory=list)
+    pass_identity_headers: list[HeaderName] = Field(default_factory=list, max_length=64)
+    """Identity headers (IDENTITY_HEADERS) the client may send to this upstream, e.g. `True-Client-IP` behind
+    a CDN that sets it; every other one is stripped. Only the spelling with `-` passes."""
+
+    @field_validator("pass_identity_headers")
+    @classmethod
+    def _check_passable(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not identity_header(name.lower().replace("_", "-")):
+                raise ValueError(
+                    f"{name!r} is not an identity header the gateway strips (docs/security.md lists them); "
+                    "the gateway's own headers (Authorization, Host, X-Forwarded-For, X-Wardgate-*, ...) "
+                    "never pass"
+                )
+        return value
 
 
 class Cors(Model):
