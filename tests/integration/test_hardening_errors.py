@@ -133,25 +133,34 @@ def _deep(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-async def test_a_deeply_nested_body_to_the_admin_api_is_4xx(env: Hygiene) -> None:
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("/api/v1/apply", '{"documents": ' + _deep(100_000) + "}"),
+        (
+            "/api/v1/apply",
+            '{"documents": [{"source": "x", "index": 0, "object": {"kind": "Secret", "metadata": {"name": "d"}, '
+            '"spec": {"data": {"v": ' + _deep(900) + "}}}}]}",
+        ),
+        ("/api/v1/policy/eval", '{"service": "echo", "user": "tester", "body": ' + _deep(100_000) + "}"),
+        ("/api/v1/services/deep", '{"metadata": {"name": "deep"}, "spec": ' + _deep(100_000) + "}"),
+    ],
+)
+async def test_a_deeply_nested_body_to_the_admin_api_is_4xx(env: Hygiene, target: str, body: str) -> None:
     context = ssl.create_default_context(cafile=str(env.cluster.home / "ca.crt"))
-    for body in (
-        '{"documents": ' + _deep(100_000) + "}",
-        '{"documents": [{"source": "x", "index": 0, "object": {"kind": "Secret", "metadata": {"name": "d"}, '
-        '"spec": {"data": {"v": ' + _deep(900) + "}}}}]}",
-    ):
-        raw = body.encode()
-        head = (
-            f"POST /api/v1/apply HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-            f"Authorization: Bearer {env.cluster.token}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(raw)}\r\n\r\n"
-        ).encode()
-        reader, writer = await asyncio.open_connection("127.0.0.1", _admin_port(env), ssl=context)
-        writer.write(head + raw)
-        answer = await asyncio.wait_for(reader.read(), 20)
-        writer.close()
-        assert 400 <= status_of(answer) < 500, answer[:300]
-        assert json.loads(body_of(answer))["error"]["type"] == "invalid"
+    method = "PUT" if target.startswith("/api/v1/services/") else "POST"
+    raw = body.encode()
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Authorization: Bearer {env.cluster.token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(raw)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", _admin_port(env), ssl=context)
+    writer.write(head + raw)
+    answer = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    assert 400 <= status_of(answer) < 500, answer[:300]
+    assert json.loads(body_of(answer))["error"]["type"] == "invalid"
 
 
 async def test_wardgatectl_apply_of_a_deep_manifest_fails_cleanly(env: Hygiene, tmp_path: Path) -> None:
