@@ -47,7 +47,7 @@ from cluster.identity.sessions import SessionService
 from cluster.identity.tokens import SigningKey, TokenService
 from cluster.membership import join_home, open_store, sync
 from cluster.observability.accesslog import AccessLog
-from cluster.observability.metrics import Metrics
+from cluster.observability.metrics import Metrics, fresh_directory, share_between_workers
 from cluster.observability.otlp import Exporter
 from cluster.policy import cel, rego
 from cluster.proxy.assertion import AssertionSigner
@@ -153,6 +153,11 @@ def board_path(home: Home) -> Path:
     return home.root / "run" / "workers"
 
 
+def metrics_path(home: Home) -> Path:
+    """Where the workers of `run --workers N` keep their metric values (the primary's /metrics sums them)."""
+    return home.root / "run" / "metrics"
+
+
 async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, workers: int = 1) -> None:
     """Serve until SIGINT/SIGTERM. Every worker serves the public listener (SO_REUSEPORT); only the
     primary (slot 0) also serves the admin API and runs the session janitor. Every worker claims a slot on
@@ -171,10 +176,15 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     access_log = AccessLog(home.path(settings.log.access_log), stdout=settings.log.stdout)
     wireguard_peers: list[AgentApi] = []
     balancer = Balancer()
+    shared_metrics = metrics_path(home) if workers > 1 else None
+    if shared_metrics is not None:
+        share_between_workers(shared_metrics)
     metrics = Metrics(
         endpoints=balancer.snapshot,
         sessions=lambda: _session_counts(cache),
         wireguard=lambda: _wireguard_metrics(wireguard_peers[0]) if wireguard_peers else {},
+        node=node,
+        shared=shared_metrics,
     )
     exporter = Exporter(settings.telemetry, node, on_drop=metrics.drop)
     exporter.start()
@@ -359,6 +369,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.slot == 0:
         # The board must exist before a secondary maps it: the primary makes it before spawning.
         WorkerBoard.create(board_path(home), args.workers).close()
+        fresh_directory(metrics_path(home))
         command = [sys.executable, "-m", "cluster", "run", "--home", str(home.root), "--workers", str(args.workers)]
         children = [subprocess.Popen([*command, "--slot", str(slot)]) for slot in range(1, args.workers)]
     try:

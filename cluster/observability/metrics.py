@@ -2,15 +2,23 @@
 
 Label children are cached per label tuple, so a request costs a few dict lookups and increments.
 Gauges that describe state (active sessions) are computed at scrape time from the resource cache.
+
+With `run --workers N`, every worker's counters and histograms live in files of one directory
+(prometheus-client's multiprocess mode, `share_between_workers`), and the primary's `/metrics` sums them.
+Every series carries the node's name as its `node` label (those about other nodes keep theirs).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from cluster.observability.record import AccessRecord
@@ -77,14 +85,55 @@ def _endpoint_families(endpoints: Iterable[tuple[str, bool, int, int]]) -> Itera
     yield ejected
 
 
+def fresh_directory(directory: Path) -> None:
+    """Empty `directory` (the files of a previous run's workers would be summed into this run's)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, mode=0o700)
+
+
+def share_between_workers(directory: Path) -> None:
+    """From now on, this process's metric values live in `directory` (one file per process and metric type),
+    where the primary's `Metrics(shared=directory)` reads every worker's. Call once per process, before its
+    Metrics is made; the primary empties the directory (fresh_directory) before any worker starts."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+class _NodeLabel(Collector):
+    """The families of `sources`, each sample labelled `node` (when given) unless it already names one."""
+
+    def __init__(self, node: str | None, sources: list[Collector]) -> None:
+        self._node = node
+        self._sources = sources
+
+    def collect(self) -> Iterable[Metric]:
+        for source in self._sources:
+            for family in source.collect():
+                if self._node is None:
+                    yield family
+                    continue
+                labelled = Metric(family.name, family.documentation, family.type, family.unit)
+                labelled.samples = [
+                    s if "node" in s.labels else s._replace(labels={**s.labels, "node": self._node})
+                    for s in family.samples
+                ]
+                yield labelled
+
+
 class Metrics:
-    """The gateway's metrics, in their own registry (tests and several clusters in one process stay apart)."""
+    """The gateway's metrics, in their own registry (tests and several clusters in one process stay apart).
+
+    `node` labels every series; `shared`: the directory of share_between_workers, whose files `render` sums
+    (the primary worker's view of every worker's requests)."""
 
     def __init__(
         self,
         sessions: Callable[[], Mapping[str, int]] = dict,
         wireguard: WireGuardPeers = dict,
         endpoints: UpstreamEndpoints = tuple,
+        node: str | None = None,
+        shared: Path | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -131,7 +180,12 @@ class Metrics:
             ["service", "config", "outcome"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(sessions, wireguard, endpoints))
+        state = _StateCollector(sessions, wireguard, endpoints)
+        counted: Collector = self.registry
+        if shared is not None:
+            counted = MultiProcessCollector(None, path=str(shared))  # type: ignore[no-untyped-call]
+        self._exposed = CollectorRegistry(auto_describe=False)
+        self._exposed.register(_NodeLabel(node, [counted, state]))
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -166,4 +220,4 @@ class Metrics:
         self._child(self.dropped, signal).inc(count)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)

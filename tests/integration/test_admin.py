@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import urllib.error
 import urllib.request
@@ -186,6 +187,7 @@ def test_metrics_endpoint_counts_admin_requests(cluster: RunningCluster) -> None
     request = urllib.request.Request(cluster.url + "/metrics")
     with urllib.request.urlopen(request, context=cluster.ssl_context(), timeout=10) as response:
         text = response.read().decode()
-    assert 'wardgate_requests_total{decision="-",listener="admin",service="-",status="200"}' in text
-    assert 'wardgate_active_sessions{type="CLIENTLESS"} 0.0' in text
+    node = socket.gethostname()  # every series carries the node's name (the host's when [node] has none)
+    assert f'wardgate_requests_total{{decision="-",listener="admin",node="{node}",service="-",status="200"}}' in text
+    assert f'wardgate_active_sessions{{node="{node}",type="CLIENTLESS"}} 0.0' in text
     assert cluster.token not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -298,9 +299,10 @@ async def test_weighted_round_robin_then_ejection_of_a_failing_endpoint(gw: Gate
     ):
         metrics = await r.text()
     r1, r2 = gw.fakes["r1"][1], gw.fakes["r2"][1]
-    assert f'wardgate_upstream_endpoint_up{{endpoint="{r1}"}} 0.0' in metrics
-    assert f'wardgate_upstream_endpoint_up{{endpoint="{r2}"}} 1.0' in metrics
-    assert f'wardgate_upstream_endpoint_ejections_total{{endpoint="{r1}"}} 1.0' in metrics
+    node = socket.gethostname()
+    assert f'wardgate_upstream_endpoint_up{{endpoint="{r1}",node="{node}"}} 0.0' in metrics
+    assert f'wardgate_upstream_endpoint_up{{endpoint="{r2}",node="{node}"}} 1.0' in metrics
+    assert f'wardgate_upstream_endpoint_ejections_total{{endpoint="{r1}",node="{node}"}} 1.0' in metrics
 
 
 async def test_a_fallback_runs_its_own_plugins_both_phases(gw: Gateway) -> None:

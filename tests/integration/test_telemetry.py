@@ -4,6 +4,7 @@ propagated upstream, Prometheus metrics, and a collector that is down."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -100,9 +101,12 @@ async def test_spans_logs_and_metrics(tmp_path: Path, provider: tuple[FakeOpenAI
     assert record.event_name == "wardgate.access" and record.trace_id == server.trace_id
     assert attributes(record.attributes)["requestId"] == headers["x-request-id"]
     assert GEMINI_KEY not in str(received.spans) + str(received.logs)
-    assert 'wardgate_requests_total{decision="ALLOW",listener="public",service="gemini",status="200"} 1.0' in metrics
-    assert 'wardgate_llm_tokens_total{direction="input",model="gpt-4o",service="gemini",user="alice"} 7.0' in metrics
-    assert 'wardgate_active_sessions{type="CLIENTLESS"} 1.0' in metrics
+    node = socket.gethostname()
+    labels = f'decision="ALLOW",listener="public",node="{node}",service="gemini",status="200"'
+    assert f"wardgate_requests_total{{{labels}}} 1.0" in metrics
+    labels = f'direction="input",model="gpt-4o",node="{node}",service="gemini",user="alice"'
+    assert f"wardgate_llm_tokens_total{{{labels}}} 7.0" in metrics
+    assert f'wardgate_active_sessions{{node="{node}",type="CLIENTLESS"}} 1.0' in metrics
     assert "wardgate_request_duration_seconds_bucket" in metrics
 
 
