@@ -11,6 +11,7 @@ from cluster.errors import Invalid
 from cluster.identity.addresses import TunnelSettings
 from cluster.observability.otlp import TelemetrySettings
 from cluster.proxy.connections import ConnectionLimits
+from cluster.usage.settings import UsageSettings
 
 
 def _check_listen(value: str) -> str:
@@ -93,6 +94,7 @@ class ClusterSettings(BaseModel):
     tunnel: TunnelSettings = Field(default_factory=TunnelSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     limits: ConnectionLimits = Field(default_factory=ConnectionLimits)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
 
 
 def base_url(settings: ClusterSettings) -> str:

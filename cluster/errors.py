@@ -83,6 +83,14 @@ class Refused(Enum):
     UPSTREAM_UNREACHABLE = (502, "server_error", "upstream_unreachable", "The upstream is unreachable.")
     UPSTREAM_FAILED = (502, "server_error", "upstream_unreachable", "The upstream failed.")
     UPSTREAM_TOO_LARGE = (502, "server_error", "upstream_response_too_large", "The upstream response is too large.")
+    RATE_LIMITED = (429, "rate_limit_exceeded", "rate_limit_exceeded", "Rate limit reached.")
+    QUOTA_EXHAUSTED = (429, "insufficient_quota", "insufficient_quota", "You exceeded your current quota.")
+    QUOTA_UNAVAILABLE = (
+        503,
+        "server_error",
+        "quota_unavailable",
+        "Usage limits cannot be checked right now; the request was not sent.",
+    )
     NOT_ON_TUNNEL = (
         404,
         "invalid_request_error",

@@ -27,6 +27,7 @@ import aiohttp
 import uvloop
 
 from cluster.api import health
+from cluster.api import usage as usage_api
 from cluster.api.agent import AgentApi
 from cluster.api.apex import ApexApp, make_apex_app
 from cluster.api.app import make_admin_app, malformed_requests
@@ -61,6 +62,11 @@ from cluster.proxy.upstream import Upstream
 from cluster.resources.session import Session
 from cluster.store.cache import ResourceCache
 from cluster.store.workers import NUDGE, BoardPropagation, WorkerBoard
+from cluster.usage.counters import Counters, LocalCounters
+from cluster.usage.ledger import SQLiteLedger
+from cluster.usage.meter import Meter
+from cluster.usage.redis_counters import RedisCounters
+from cluster.usage.settings import UsageSettings
 
 log = logging.getLogger("wardgate.cluster")
 
@@ -102,6 +108,7 @@ def _tunnel_listener(
     telemetry: Telemetry,
     limits: ConnectionLimits,
     live: LiveConnections,
+    meter: Meter,
 ) -> TunnelListener | None:
     if not settings.enabled:
         return None
@@ -115,6 +122,7 @@ def _tunnel_listener(
         node=node,
         telemetry=telemetry,
         live=live,
+        meter=meter,
     )
     addresses = [network.gateway_ipv4, network.gateway_ipv6]
     return TunnelListener(
@@ -147,6 +155,18 @@ def _wireguard_metrics(agents: AgentApi) -> dict[str, list[tuple[str, float | No
 def _host_port(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def usage_meter(home: Home, settings: UsageSettings, store_path: Path | None) -> Meter:
+    """Quota counters (Redis when configured, else the node's shared counter file) and the usage ledger (in
+    the SQLite store's file; beside it, in usage.db, when the store is PostgreSQL)."""
+    counters: Counters
+    if settings.redis is not None:
+        counters = RedisCounters(settings.redis, settings.redis_timeout)
+    else:
+        counters = LocalCounters(home.root / "run" / "counters")
+    ledger = SQLiteLedger(store_path if store_path is not None else home.path("usage.db"))
+    return Meter(counters, ledger, retention=settings.retention_seconds)
 
 
 def board_path(home: Home) -> Path:
@@ -193,6 +213,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     compiler = cel.Compiler()
     state = StateHolder(cache, compiler, settings.admin.policies)
     state.add_listener(board.publish)
+    meter = usage_meter(home, settings.usage, home.path(settings.store.path) if settings.store.url is None else None)
     tls = server_ssl_context(home)
 
     admin_app = make_admin_app(
@@ -211,6 +232,8 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     agents.install(admin_app)
     readiness = Readiness()
     health.install(admin_app, readiness)
+    assert meter.ledger is not None
+    usage_api.install(admin_app, meter.ledger, meter, state)
     wireguard_peers.append(agents)
     limits = settings.limits
     admin_runner = ListenerAppRunner(
@@ -276,6 +299,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         node=node,
         telemetry=telemetry,
         live=live,
+        meter=meter,
     )
     public_server = ListenerServer(
         gateway.handle,
@@ -296,6 +320,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         telemetry,
         limits,
         live,
+        meter,
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(NUDGE, store.poke)
@@ -317,6 +342,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         async with asyncio.TaskGroup() as tasks:
             follower = tasks.create_task(cache.follow())
             rebuilder = tasks.create_task(state.rebuild_forever())
+            metering = tasks.create_task(meter.run())
             janitor = tasks.create_task(expire_sessions(store, cache)) if primary else None
             tunnel_task = tasks.create_task(tunnel.run()) if tunnel is not None else None
             if primary:
@@ -336,6 +362,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
             await stop.wait()
             follower.cancel()
             rebuilder.cancel()
+            metering.cancel()
             if janitor is not None:
                 janitor.cancel()
             if tunnel_task is not None:
@@ -352,6 +379,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         await apex.aclose()
         await client.close()
         await state.plugins.aclose()
+        await meter.counters.close()
         await store.close()
         await asyncio.to_thread(exporter.close)
         access_log.close()

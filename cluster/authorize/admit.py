@@ -73,8 +73,11 @@ def _body_map(facts: RequestFacts, parse_limit: int) -> Mapping[str, Any] | None
     return parse_body_map(facts.body, facts.content_type)
 
 
-def admit(state: GatewayState, caller: Caller, facts: RequestFacts, target: str) -> Admission | Refusal:
-    """Decide one request to `target` (a Service name, or ADMIN_SERVICE for the admin API)."""
+def admit(
+    state: GatewayState, caller: Caller, facts: RequestFacts, target: str, usage: Mapping[str, Any] | None = None
+) -> Admission | Refusal:
+    """Decide one request to `target` (a Service name, or ADMIN_SERVICE for the admin API); `usage` is
+    `ctx.usage`, the caller's quota counters read before the decision (the gateway's)."""
     principal = state.principals.get(caller.user)
     if target == ADMIN_SERVICE:
         if principal is None:
@@ -93,7 +96,7 @@ def admit(state: GatewayState, caller: Caller, facts: RequestFacts, target: str)
     if len(facts.body) > pipe.max_request_bytes:
         return Refusal(Refused.TOO_LARGE, "request body over the limit")
     body_map = _body_map(facts, pipe.parse_limit)
-    inp = EvalInput(policy_context(principal.doc, caller.session, pipe.doc, facts, body_map or {}))
+    inp = EvalInput(policy_context(principal.doc, caller.session, pipe.doc, facts, body_map or {}, usage))
     if body_map is None and pipe.dynamic_reads_body:
         return Refusal(Refused.TOO_LARGE_TO_INSPECT, "request body over the parse limit; dynamic config reads it")
     route, notes = pipe.pick_route(inp)

@@ -23,6 +23,7 @@ from yarl import URL
 from cluster.errors import Invalid
 from cluster.identity.authenticate import Identity, without_session_cookie
 from cluster.policy.context import build_ctx
+from cluster.usage.meter import EMPTY_USAGE
 
 HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization"})
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -129,8 +130,10 @@ def policy_context(
     service: Mapping[str, Any],
     facts: RequestFacts,
     body_map: Mapping[str, Any],
+    usage: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return build_ctx(
+    """`ctx`; `usage` is the caller's current quota counters (`ctx.usage`, cluster/usage/meter.py)."""
+    ctx = build_ctx(
         user=user,
         session=session,
         service=service,
@@ -145,3 +148,5 @@ def policy_context(
         ip=facts.ip,
         time=datetime.now(UTC).isoformat(),
     )
+    ctx["usage"] = usage if usage is not None else EMPTY_USAGE
+    return ctx

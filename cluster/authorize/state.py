@@ -34,15 +34,18 @@ from cluster.resources.common import Scope
 from cluster.resources.credential import Secret
 from cluster.resources.kinds import AnyResource
 from cluster.resources.policy import Policy
+from cluster.resources.pricing import Pricing
+from cluster.resources.quota import Quota
 from cluster.resources.service import Service, ServiceConfig
 from cluster.resources.user import Group, User
+from cluster.usage.rules import UsageRules, compile_usage
 
 log = logging.getLogger(__name__)
 
 MAX_MERGED = 100_000
 ADMIN_SERVICE = "wardgate-admin"
 """`ctx.service.metadata.name` on the admin API."""
-STATE_KINDS = frozenset({"Service", "Policy", "User", "Group", "Secret"})
+STATE_KINDS = frozenset({"Service", "Policy", "User", "Group", "Secret", "Quota", "Pricing"})
 """The kinds a GatewayState is compiled from: a change to any other kind (Session, Credential, lease...)
 needs no rebuild."""
 
@@ -136,6 +139,8 @@ class GatewayState:
     errors: dict[str, str] = field(default_factory=dict)
     admin: RuleSet = field(default_factory=RuleSet)
     """The rules of the Policies named in `[admin] policies`, all of them whatever their scope."""
+    usage: UsageRules = field(default_factory=UsageRules)
+    """The Quotas and prices (cluster/usage/rules.py)."""
     _merged: dict[tuple[str, str], RuleSet] = field(default_factory=dict)
 
     def rules_for(self, pipe: ServicePipeline, principal: Principal) -> RuleSet:
@@ -249,4 +254,6 @@ def build_state(
     for where, message in errors.items():
         log.error("%s left out of the gateway: %s", where, message)
     admin = RuleSet.merge(*(named[name] for name in dict.fromkeys(admin_policies) if name in named))
-    return GatewayState(services, principals, secrets, errors, admin)
+    quotas = [q for q in cache.list_kind("Quota") if isinstance(q, Quota)]
+    usage = compile_usage(quotas, [p for p in cache.list_kind("Pricing") if isinstance(p, Pricing)])
+    return GatewayState(services, principals, secrets, errors, admin, usage)

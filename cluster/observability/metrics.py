@@ -162,6 +162,18 @@ class Metrics:
             ["service", "user", "model", "direction"],
             registry=self.registry,
         )
+        self.cost = Counter(
+            "wardgate_llm_cost",
+            "LLM cost in the Pricing currency",
+            ["service", "user", "model"],
+            registry=self.registry,
+        )
+        self.quota = Counter(
+            "wardgate_quota_decisions",
+            "Requests a Quota refused (refused: 429; unavailable: 503) or let through unchecked (fail-open)",
+            ["service", "quota", "outcome"],
+            registry=self.registry,
+        )
         self.plugin_failures = Counter(
             "wardgate_plugin_failures",
             "Plugin errors and timeouts",
@@ -210,6 +222,10 @@ class Metrics:
                 value = record.usage.get(key)
                 if isinstance(value, int | float) and value > 0:
                     self._child(self.tokens, service, user, model, direction).inc(value)
+        if record.cost:
+            self._child(self.cost, service, record.user or "-", record.model or "-").inc(record.cost)
+        if record.quota is not None:
+            self._child(self.quota, service, record.quota.name, record.quota.outcome).inc()
         for failure in record.plugin_failures:
             self._child(self.plugin_failures, service, failure.plugin, failure.kind).inc()
         for attempt in record.attempts:

@@ -58,6 +58,21 @@ class AttemptRecord:
         return {k: v for k, v in out.items() if v is not None}
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaRecord:
+    """The Quota that decided: `refused` (429: its `measure` and `window`), `unavailable` (503: its counters
+    could not be reached, failMode closed) or `fail-open` (let through unchecked, failMode open)."""
+
+    name: str
+    measure: str | None
+    window: str | None
+    outcome: str
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"name": self.name, "measure": self.measure, "window": self.window, "outcome": self.outcome}
+        return {k: v for k, v in out.items() if v is not None}
+
+
 @dataclass(slots=True)
 class AccessRecord:
     """Filled in as the request goes; `finish` stamps status and duration."""
@@ -95,6 +110,11 @@ class AccessRecord:
     upstream_ms: float | None = None
     upstream_first_byte_ms: float | None = None
     usage: dict[str, Any] | None = None
+    usage_estimated: bool | None = None
+    """True when the gateway counted the tokens (the provider reported none, or the client left first)."""
+    cost: float | None = None
+    """In the Pricing currency, when a Pricing names the model."""
+    quota: QuotaRecord | None = None
     finish_reasons: list[str] | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     """Every try of the upstream, in order (retries and fallbacks included)."""
@@ -143,6 +163,9 @@ class AccessRecord:
             "upstreamMs": self.upstream_ms,
             "upstreamFirstByteMs": self.upstream_first_byte_ms,
             "usage": self.usage,
+            "usageEstimated": self.usage_estimated,
+            "cost": self.cost,
+            "quota": self.quota.as_dict() if self.quota is not None else None,
             "finishReasons": self.finish_reasons,
             "attempts": [a.as_dict() for a in self.attempts] or None,
             "error": self.error,

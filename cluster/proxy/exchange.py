@@ -20,6 +20,8 @@ from cluster.observability.record import AccessRecord, DecisionRecord
 from cluster.plugins.flow import HttpFlow
 from cluster.plugins.manager import ChainRun
 from cluster.policy.engine import Decision
+from cluster.proxy.llm import ResponseTap
+from cluster.usage.meter import Metering
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
@@ -56,6 +58,12 @@ class Exchange:
     chain: ChainRun | None = None
     facts: RequestFacts | None = None
     """The request as admitted (normalised path, the body as read): fallbacks replay it, never a copy."""
+    metering: Metering | None = None
+    """Quota accounting and the usage ledger (cluster/usage/meter.py; proxy/metering.py drives it)."""
+    tap: ResponseTap | None = None
+    """What the upstream answered, as usage sees it (set by the relay; read when the exchange ends)."""
+    strip_usage: bool = False
+    """The gateway asked for stream usage the client did not: the tap takes that chunk out."""
 
     @property
     def route(self) -> Route:

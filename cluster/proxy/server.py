@@ -38,8 +38,12 @@ from cluster.proxy import cors
 from cluster.proxy.exchange import Exchange, decision_record, server_attributes
 from cluster.proxy.headers import upstream_request_headers
 from cluster.proxy.llm import request_model
+from cluster.proxy.metering import begin as begin_metering
+from cluster.proxy.metering import gate as quota_gate
+from cluster.proxy.metering import settle as settle_usage
 from cluster.proxy.revocation import LiveConnections
 from cluster.proxy.upstream import StreamBroken, Upstream, UpstreamRefused, complete
+from cluster.usage.meter import Meter
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,9 @@ class Gateway:
         node: str,
         telemetry: Telemetry | None = None,
         live: LiveConnections | None = None,
+        meter: Meter | None = None,
     ) -> None:
+        self._meter = meter
         self._domain = domain
         self._suffix = "." + domain
         self._listener = listener
@@ -160,6 +166,7 @@ class Gateway:
         record = ex.record
         total = time.perf_counter() - ex.started
         record.finish(status, total)
+        settle_usage(ex)
         self._log.write(record)
         telemetry = self._telemetry
         if telemetry is None:
@@ -250,7 +257,8 @@ class Gateway:
         )
         ex.facts = facts
         started = time.perf_counter()
-        outcome = admit(state, Caller.of(identity), facts, pipe.name)
+        usage = None if self._meter is None else await begin_metering(ex, self._meter, state, pipe.name, identity)
+        outcome = admit(state, Caller.of(identity), facts, pipe.name, usage)
         record.bytes_in = len(body)
         record.notes.extend(outcome.notes)
         if isinstance(outcome, Refusal):
@@ -264,7 +272,10 @@ class Gateway:
         record.model = request_model(outcome.body_map)
         record.decision = decision_record(outcome.decision)
         self._authorize_span(ex, started)
-        return await self._proceed(ex, outcome, facts)
+        refused = await quota_gate(ex, outcome.body_map)
+        if refused is not None:
+            return refused
+        return await self._proceed(ex, outcome, ex.facts or facts)
 
     @staticmethod
     def _authorize_span(ex: Exchange, started: float) -> None:

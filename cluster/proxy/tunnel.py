@@ -33,6 +33,7 @@ from cluster.proxy.listener import ListenerServer, Malformed
 from cluster.proxy.revocation import LiveConnections
 from cluster.proxy.server import Gateway, Handler, Listener, Telemetry
 from cluster.proxy.upstream import Upstream
+from cluster.usage.meter import Meter
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def tunnel_gateway(
     node: str,
     telemetry: Telemetry | None = None,
     live: LiveConnections | None = None,
+    meter: Meter | None = None,
 ) -> Gateway:
     return Gateway(
         domain=zone,
@@ -82,6 +84,7 @@ def tunnel_gateway(
         node=node,
         telemetry=telemetry,
         live=live,
+        meter=meter,
     )
 
 

@@ -293,7 +293,7 @@ class Upstream:
                     )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamRefused(Refused.UPSTREAM_FAILED, f"upstream failed mid-body: {type(exc).__name__}") from exc
-        tap = ResponseTap(upstream.headers.get("Content-Type", ""))
+        tap = ex.tap = ResponseTap(upstream.headers.get("Content-Type", ""))
         tap.feed(bytes(data))
         ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
         headers = client_response_headers(upstream.headers, route.remove_response_headers)
@@ -331,21 +331,24 @@ class Upstream:
         _attempts_header(ex, response, route, upstream.status)
         if upstream.content_length is not None and request.method != "HEAD":
             response.content_length = upstream.content_length
-        tap = ResponseTap(upstream.headers.get("Content-Type", ""))
+        tap = ex.tap = ResponseTap(upstream.headers.get("Content-Type", ""), ex.strip_usage)
         sent = 0
         await response.prepare(request)
         try:
             if first:
                 ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
-                tap.feed(first)
-                await response.write(first)
+                await response.write(tap.feed(first))
                 sent = len(first)
             async for chunk in upstream.content.iter_any():
                 if sent == 0:
                     ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
-                tap.feed(chunk)
-                await response.write(chunk)
+                out = tap.feed(chunk)  # the chunk; without the usage chunk the gateway asked for (ex.strip_usage)
+                if out:
+                    await response.write(out)
                 sent += len(chunk)
+            rest = tap.flush()
+            if rest:
+                await response.write(rest)
         except (aiohttp.ClientError, TimeoutError) as exc:
             ex.record.bytes_out = sent
             ex.record.error = f"upstream failed mid-stream: {type(exc).__name__}"

@@ -8,20 +8,46 @@ from cluster.resources.credential import Credential, Secret
 from cluster.resources.identity_provider import IdentityProvider
 from cluster.resources.node import AddressLease, Node
 from cluster.resources.policy import Policy
+from cluster.resources.pricing import Pricing
+from cluster.resources.quota import Quota
 from cluster.resources.service import Service
 from cluster.resources.session import Session
 from cluster.resources.user import Group, User
 
 AnyResource = (
-    Service | Policy | User | Group | Credential | Secret | Session | IdentityProvider | Node | AddressLease
+    Service
+    | Policy
+    | User
+    | Group
+    | Credential
+    | Secret
+    | Session
+    | IdentityProvider
+    | Node
+    | AddressLease
+    | Quota
+    | Pricing
 )
 
 KINDS: dict[str, type[AnyResource]] = {
     cls.kind_name: cls
-    for cls in (Service, Policy, User, Group, Credential, Secret, Session, IdentityProvider, Node, AddressLease)
+    for cls in (
+        Service,
+        Policy,
+        User,
+        Group,
+        Credential,
+        Secret,
+        Session,
+        IdentityProvider,
+        Node,
+        AddressLease,
+        Quota,
+        Pricing,
+    )
 }
 
-APPLYABLE_KINDS = frozenset({"Service", "Policy", "User", "Group", "Secret", "IdentityProvider"})
+APPLYABLE_KINDS = frozenset({"Service", "Policy", "User", "Group", "Secret", "IdentityProvider", "Quota", "Pricing"})
 """Kinds `apply` accepts. Credentials and Sessions are made by the cluster (they carry generated secrets)."""
 
 _ALIASES = {

@@ -1,0 +1,155 @@
+"""The usage ledger: one durable row per proxied LLM call, written in batches off the request path (meter.py),
+read by the admin API (`wardgatectl usage`), pruned by `[usage] retention`.
+
+SQLiteLedger keeps its table beside the resources, in the store's SQLite file (WAL: the workers of a node
+write through their own connections; SQLite's lock serialises their batches)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cluster.errors import Invalid, Unavailable
+
+BY = ("user", "group", "credential", "session", "service", "model", "config")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_records (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, user TEXT NOT NULL, groups TEXT NOT NULL, credential TEXT,
+    session TEXT, service TEXT NOT NULL, config TEXT, model TEXT, input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
+    cost REAL NOT NULL, estimated INTEGER NOT NULL, status INTEGER NOT NULL, request_id TEXT);
+CREATE INDEX IF NOT EXISTS usage_records_ts ON usage_records (ts);
+"""
+_COLUMNS = (
+    "ts, user, groups, credential, session, service, config, model, input_tokens, output_tokens, cached_tokens, "
+    "reasoning_tokens, cost, estimated, status, request_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One LLM call: who, where, which model, how many tokens, what it cost, and whether counted or reported."""
+
+    time: float
+    user: str
+    groups: tuple[str, ...]
+    credential: str | None
+    session: str | None
+    service: str
+    config: str | None
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost: float
+    estimated: bool
+    status: int
+    request_id: str | None
+
+
+class Ledger(Protocol):
+    """Where usage rows go. Blocking calls: the meter runs them in a thread."""
+
+    def write(self, rows: Sequence[LedgerRow]) -> None: ...
+
+    def prune(self, before: float) -> int: ...
+
+    def summary(self, by: str, since: float) -> list[dict[str, Any]]: ...
+
+    def keys(self, by: str, since: float, services: Sequence[str] | None) -> list[str]: ...
+
+
+def _totals(key: str) -> dict[str, Any]:
+    return {"key": key, "requests": 0, "inputTokens": 0, "outputTokens": 0, "cachedTokens": 0, "cost": 0.0,
+            "estimated": 0}  # fmt: skip
+
+
+def _values(r: LedgerRow) -> tuple[object, ...]:
+    groups = "," + ",".join(r.groups) + ","
+    return (r.time, r.user, groups, r.credential, r.session, r.service, r.config, r.model, r.input_tokens,
+            r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.cost, int(r.estimated), r.status,
+            r.request_id)  # fmt: skip
+
+
+class SQLiteLedger:
+    """The ledger in a SQLite file (see the module docstring)."""
+
+    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise Unavailable(f"{path}: usage ledger: {exc}") from exc
+
+    def write(self, rows: Sequence[LedgerRow]) -> None:
+        values = [_values(r) for r in rows]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({', '.join('?' * 16)})", values)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def prune(self, before: float) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM usage_records WHERE ts < ?", (before,)).rowcount
+
+    def summary(self, by: str, since: float) -> list[dict[str, Any]]:
+        """Totals per `by` value (a call of a user in two groups counts for both groups), largest cost first."""
+        if by not in BY:
+            raise Invalid(f"by must be one of {', '.join(BY)}")
+        column = "groups" if by == "group" else by
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {column}, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), "
+                f"SUM(cost), SUM(estimated) FROM usage_records WHERE ts >= ? GROUP BY {column}",
+                (since,),
+            ).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for value, count, inp, outp, cached, cost, estimated in rows:
+            keys = [g for g in str(value).split(",") if g] or ["-"] if by == "group" else [value or "-"]
+            for key in keys:
+                entry = out.setdefault(key, _totals(key))
+                entry["requests"] += count
+                entry["inputTokens"] += inp or 0
+                entry["outputTokens"] += outp or 0
+                entry["cachedTokens"] += cached or 0
+                entry["cost"] += cost or 0.0
+                entry["estimated"] += estimated or 0
+        return sorted(out.values(), key=lambda e: (-e["cost"], -(e["inputTokens"] + e["outputTokens"]), e["key"]))
+
+    def keys(self, by: str, since: float, services: Sequence[str] | None) -> list[str]:
+        """The distinct `by` values of calls since `since` (to some `services`, when given): whose counters
+        `get quotas` reads."""
+        if by not in BY:
+            raise Invalid(f"by must be one of {', '.join(BY)}")
+        column = "groups" if by == "group" else by
+        query = f"SELECT DISTINCT {column} FROM usage_records WHERE ts >= ?"
+        args: list[object] = [since]
+        if services is not None:
+            query += f" AND service IN ({', '.join('?' * len(services))})"
+            args.extend(services)
+        with self._lock:
+            values = [row[0] for row in self._db.execute(query + " LIMIT 10000", args).fetchall()]
+        if by == "group":
+            return sorted({g for v in values for g in str(v).split(",") if g})
+        return sorted(str(v) for v in values if v)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+_: Ledger = SQLiteLedger.__new__(SQLiteLedger)
