@@ -185,6 +185,8 @@ def cmd_status(files: StateFiles, args: argparse.Namespace) -> int:
             f"connected since {_ago(connection.connected_at)}: {connection.tunnel_ipv4}, {connection.tunnel_ipv6} "
             f"on {connection.interface} (pid {connection.pid}); node {connection.node} at {connection.endpoint}"
         )
+        if connection.moved_from is not None:
+            print(f"  moved from node {connection.moved_from} {_ago(connection.moved_at)} (it stopped answering)")
     lines: list[str] = []
     asyncio.run(_status(files, connection, lines))
     for line in lines:

@@ -65,7 +65,11 @@ class ConnectionState(_State):
     tunnel_ipv4: str
     tunnel_ipv6: str
     node: str
+    """The node the tunnel goes through now, and its WireGuard endpoint."""
     endpoint: str
+    moved_from: str | None = None
+    """The node the tunnel left when that one stopped answering (client/failover.py), and when."""
+    moved_at: datetime | None = None
     gateway_ipv4: str
     gateway_ipv6: str
     dns_zone: str

@@ -1,9 +1,10 @@
 """The client's tunnel: bring it up from a ConnectResponse, keep it while the Session stands, take it down.
 
     connect ─▶ new key pair ─▶ api.connect(public key) ─▶ open_device(iface) (kernel WireGuard, else wireguard-go)
-            ─▶ private key + the node as the only peer (allowed IPs: the gateway /32 and /128, keepalive 25 s)
+            ─▶ private key + the first node as the only peer (allowed IPs: the gateway /32 and /128, keepalive 25 s)
             ─▶ our addresses on iface, routes to the gateway ─▶ resolver.configure(zone ─▶ gateway)
-            ─▶ connection.json ─▶ stay: every few seconds the Session must still stand (else exit 3)
+            ─▶ connection.json ─▶ stay: every few seconds the Session must still stand (else exit 3), and
+               failover.Failover probes the node, moving the peer to the next node when it stops answering
     SIGTERM/SIGINT, or the Session revoked ─▶ resolver.restore ─▶ device closed, iface deleted ─▶ api.disconnect
 
 The private key lives in this process only: a new connect makes a new key (the cluster swaps the peer).
@@ -16,32 +17,22 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from ipaddress import ip_address, ip_interface, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 
-from agent.wg import (
-    Device,
-    DeviceConfig,
-    DeviceUnavailableError,
-    Endpoint,
-    PeerConfig,
-    PrivateKey,
-    PublicKey,
-    WireGuardError,
-)
+from agent.wg import Device, DeviceConfig, DeviceUnavailableError, Endpoint, PrivateKey, WireGuardError
 from agent.wg.backend import open_device
 from agent.wg.netlink import KernelDevice, Links, kernel_module_loaded
 from agent.wg.uapi import UapiDevice
 from client import resolver
 from client.errors import ClientError
+from client.failover import DEFAULT_PROBE, Failover, ProbeSettings, peer_of, resolve_endpoint, tcp_probe
 from client.state import ConnectionState, LoginState, StateFiles
-from client.user_api import SessionEnded, UserApi, split_address
+from client.user_api import SessionEnded, UserApi
 from cluster.resources.wire import ConnectResponse, NodePeer
 
-KEEPALIVE = 25
 EXIT_SESSION_ENDED = 3
 
 
@@ -75,33 +66,17 @@ def attach(interface: str) -> Device:
     return KernelDevice(interface) if kernel_module_loaded() else UapiDevice(interface)
 
 
-async def _endpoint(node: NodePeer, api_host: str) -> Endpoint:
-    host, port = split_address(node.endpoint) if node.endpoint else (api_host, node.listen_port)
-    port = port or node.listen_port
-    try:
-        return Endpoint(ip_address(host), port)
-    except ValueError:
-        pass
-    try:
-        found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except OSError as exc:
-        raise ClientError(f"cannot resolve the node's endpoint {host!r}: {exc}") from None
-    return Endpoint(ip_address(found[0][4][0]), port)
+def _gateways(answer: ConnectResponse) -> tuple[IPv4Network | IPv6Network, ...]:
+    return ip_network(f"{answer.network.gateway_ipv4}/32"), ip_network(f"{answer.network.gateway_ipv6}/128")
 
 
 async def bring_up(interface: str, key: PrivateKey, answer: ConnectResponse, api_host: str) -> tuple[Device, Endpoint]:
     node = answer.nodes[0]
-    endpoint = await _endpoint(node, api_host)
-    gateways = (ip_network(f"{answer.network.gateway_ipv4}/32"), ip_network(f"{answer.network.gateway_ipv6}/128"))
+    endpoint = await resolve_endpoint(node, api_host)
+    gateways = _gateways(answer)
     device = await open_device(interface)
     try:
-        peer = PeerConfig(
-            PublicKey.from_base64(node.wg_public_key),
-            endpoint=endpoint,
-            persistent_keepalive=KEEPALIVE,
-            replace_allowed_ips=True,
-            allowed_ips=gateways,
-        )
+        peer = peer_of(node, endpoint, gateways)
         await device.configure(DeviceConfig(private_key=key, replace_peers=True, peers=(peer,)))
         async with Links() as links:
             await links.add_address(interface, ip_interface(f"{answer.tunnel_ipv4}/32"))
@@ -159,6 +134,7 @@ async def connect(
     dns: resolver.Mode,
     ready: Callable[[ConnectionState], None],
     check_interval: float = 5.0,
+    probe: ProbeSettings = DEFAULT_PROBE,
 ) -> int:
     """Connect and stay connected until a signal (0) or the Session ends (EXIT_SESSION_ENDED)."""
     key = PrivateKey.generate()
@@ -194,7 +170,30 @@ async def connect(
         )
         files.write_connection(connection)
         ready(connection)
-        code = await _stay(api, login, refresh, device, check_interval)
+
+        def moved(node: NodePeer, at: Endpoint) -> None:
+            nonlocal connection
+            connection = connection.model_copy(
+                update={
+                    "node": node.name,
+                    "endpoint": str(at),
+                    "moved_from": connection.node,
+                    "moved_at": datetime.now(UTC),
+                }
+            )
+            files.write_connection(connection)
+
+        failover = Failover(
+            device,
+            answer.nodes,
+            answer.nodes[0].name,
+            _gateways(answer),
+            tcp_probe(network.gateway_ipv4, network.http_port, probe.timeout),
+            api.host,
+            moved,
+            probe,
+        )
+        code = await _stay(api, login, refresh, device, check_interval, failover)
     finally:
         if change is not None and (warning := resolver.restore(change)):
             print(f"wardgate: {warning}", file=sys.stderr)
@@ -209,31 +208,49 @@ async def connect(
     return code
 
 
-async def _stay(api: UserApi, login: LoginState, refresh: Refresh, device: Device, interval: float) -> int:
+async def _stay(
+    api: UserApi, login: LoginState, refresh: Refresh, device: Device, interval: float, failover: Failover
+) -> int:
+    """Until a signal (0), the Session's end (EXIT_SESSION_ENDED) or the interface's (1); meanwhile the
+    failover keeps the tunnel on a node that answers."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await stop.wait()
-            if stop.is_set():
-                return 0
-            try:
-                login = await refresh(login)
-                await api.session()
-            except SessionEnded as exc:
-                print(f"wardgate: disconnected: {exc}", file=sys.stderr, flush=True)
-                return EXIT_SESSION_ENDED
-            except ClientError as exc:
-                print(f"wardgate: warning: {exc} (the tunnel stays up)", file=sys.stderr, flush=True)
-            try:
-                await device.state()
-            except DeviceUnavailableError as exc:
-                print(f"wardgate: disconnected: the WireGuard interface went away ({exc})", file=sys.stderr)
-                return 1
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(_watch(api, login, refresh, device, interval, failover))
+            mover = tasks.create_task(failover.run())
+            stopper = tasks.create_task(stop.wait())
+            await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (watcher, mover, stopper):
+                task.cancel()
+        return watcher.result() if watcher.done() and not watcher.cancelled() else 0
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _watch(
+    api: UserApi, login: LoginState, refresh: Refresh, device: Device, interval: float, failover: Failover
+) -> int:
+    """Every `interval`: the Session must still stand (its answer also lists the cluster's nodes, which the
+    failover takes), and the interface must still exist."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            login = await refresh(login)
+            info = await api.session()
+        except SessionEnded as exc:
+            print(f"wardgate: disconnected: {exc}", file=sys.stderr, flush=True)
+            return EXIT_SESSION_ENDED
+        except ClientError as exc:
+            print(f"wardgate: warning: {exc} (the tunnel stays up)", file=sys.stderr, flush=True)
+        else:
+            if info.nodes:
+                failover.nodes = info.nodes
+        try:
+            await device.state()
+        except DeviceUnavailableError as exc:
+            print(f"wardgate: disconnected: the WireGuard interface went away ({exc})", file=sys.stderr)
+            return 1

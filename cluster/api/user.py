@@ -237,6 +237,7 @@ class ClientAccess:
                 tunnel_ipv4=spec.tunnel_ipv4,
                 tunnel_ipv6=spec.tunnel_ipv6,
                 wg_public_key=spec.wg_public_key,
+                nodes=self._nodes(),
             )
         )
 

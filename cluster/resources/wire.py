@@ -105,6 +105,8 @@ class SessionInfo(Wire):
     tunnel_ipv4: str | None = None
     tunnel_ipv6: str | None = None
     wg_public_key: str | None = None
+    nodes: list[NodePeer] = Field(default_factory=list)
+    """Every node a connected client may move its tunnel to (the answering node first), as in ConnectResponse."""
 
 
 class ServiceEntry(Wire):
