@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import sys
 from datetime import UTC, datetime
@@ -126,8 +127,69 @@ async def cmd_get(api: AdminApi, args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     elif args.output == "yaml":
         print(yaml.safe_dump_all(items, sort_keys=False), end="")
+    elif kind == "Quota":
+        await print_quotas(api, items)
     else:
         print_table(kind, items)
+    return 0
+
+
+def _busiest(entry: dict[str, Any]) -> str:
+    busiest = entry.get("busiest")
+    if isinstance(busiest, str):
+        return f"counters unavailable: {busiest}"
+    parts = []
+    for key in busiest or []:
+        worst = max(key["limits"], key=lambda limit: limit["used"] / limit["max"])
+        parts.append(f"{key['key']} {worst['used']:g}/{worst['max']:g} {worst['limit']}")
+    return ", ".join(parts) or "-"
+
+
+async def print_quotas(api: AdminApi, items: list[dict[str, Any]]) -> None:
+    """`get quotas`: each Quota with its busiest keys (the live counters, as the gateway sees them)."""
+    if not items:
+        print("No quotas found.")
+        return
+    usage = {q["name"]: q for q in (await api.call("GET", "/api/v1/quota-usage"))["items"]}
+    rows = []
+    for item in items:
+        spec, name = item.get("spec", {}), item["metadata"]["name"]
+        limits = ",".join(
+            f"{next(str(v) for k, v in limit.items() if k != 'window')} {k}/{limit['window']}"
+            for limit in spec.get("limits", [])
+            for k in [next(k for k in limit if k != "window")]
+        )
+        rows.append({"NAME": name, "PER": spec.get("per", "user"), "LIMITS": limits,
+                     "BUSIEST": _busiest(usage.get(name, {}))})  # fmt: skip
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in rows[0]}
+    print("   ".join(h.ljust(widths[h]) for h in widths).rstrip())
+    for r in rows:
+        print("   ".join(r[h].ljust(widths[h]) for h in widths).rstrip())
+
+
+async def cmd_usage(api: AdminApi, args: argparse.Namespace) -> int:
+    """The usage ledger, summed per user, group, service, model...: table, JSON or CSV."""
+    data = await api.call("GET", "/api/v1/usage", params={"by": args.by, "since": args.since})
+    items = data["items"]
+    columns = ["key", "requests", "inputTokens", "outputTokens", "cachedTokens", "cost", "estimated"]
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+        return 0
+    if args.output == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow([args.by if c == "key" else c for c in columns])
+        for item in items:
+            writer.writerow([item[c] if c != "cost" else f"{item[c]:.6f}" for c in columns])
+        return 0
+    if not items:
+        print(f"No usage in the last {args.since}.")
+        return 0
+    headers = [args.by.upper(), "REQUESTS", "INPUT", "OUTPUT", "CACHED", f"COST ({data['currency']})", "ESTIMATED"]
+    rows = [[str(i[c]) if c != "cost" else f"{i[c]:.4f}" for c in columns] for i in items]
+    widths = [max(len(h), *(len(r[n]) for r in rows)) for n, h in enumerate(headers)]
+    print("   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for r in rows:
+        print("   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
@@ -234,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("usage", help="LLM usage from the ledger: tokens and cost per user, group, service, model")
+    p.add_argument("--by", choices=["user", "group", "credential", "session", "service", "model", "config"],
+                   default="user")  # fmt: skip
+    p.add_argument("--since", default="24h", help="how far back, e.g. 1h, 24h, 30d (default 24h)")
+    p.add_argument("-o", "--output", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=cmd_usage)
 
     p = sub.add_parser("delete", help="delete a resource (deleting a session revokes it)")
     p.add_argument("kind")

@@ -125,7 +125,8 @@ class LocalCounters:
             for i, (c, value) in enumerate(zip(charges, values, strict=True)):
                 if c.amount > 0 and value + c.amount > c.limit:
                     return Charged(i, values)
-            for c, d, (slot, value) in zip(charges, digests, found, strict=True):
+            for c, d, value in zip(charges, digests, values, strict=True):
+                slot, _ = self._find(d, now_ms)  # again: an earlier write may have taken a free slot
                 self._write(slot, d, now_ms + int(c.ttl * 1000) + 1000, value + c.amount)
             return Charged(None, [v + c.amount for v, c in zip(values, charges, strict=True)])
 

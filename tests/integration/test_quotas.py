@@ -110,8 +110,24 @@ async def test_the_openai_sdk_sees_rate_limit_error_with_openai_headers(tmp_path
                                         "outcome": "refused"}  # fmt: skip
         answered = [e for e in _log(cluster) if e.get("status") == 200 and e.get("user") == "bot"]
         assert answered[-1]["cost"] > 0 and answered[-1]["usage"]["total_tokens"] > 0
+        await _ledger_and_quota_views(cluster)
     finally:
         await asyncio.to_thread(stop_cluster, cluster)
+
+
+async def _ledger_and_quota_views(cluster: RunningCluster) -> None:
+    """The ledger (batched off the request path) and `get quotas` (the live counters) through wardgatectl."""
+    for _ in range(50):
+        result = cluster.ctl("usage", "--by", "user", "--since", "1h", "-o", "json", check=True)
+        items = {i["key"]: i for i in json.loads(result.stdout)["items"]}
+        if items.get("bot", {}).get("requests") == 3 and "other" in items:
+            break
+        await asyncio.sleep(0.1)
+    assert items["bot"]["requests"] == 3 and items["bot"]["cost"] > 0 and items["other"]["requests"] == 1
+    by_group = cluster.ctl("usage", "--by", "group", "-o", "csv", check=True).stdout.splitlines()
+    assert by_group[0].startswith("group,requests") and by_group[1].startswith("dev,3,")
+    table = cluster.ctl("get", "quotas", check=True).stdout
+    assert "dev-limits" in table and "group=dev" not in table and "user=bot 3/3 requests/1m" in table, table
 
 
 async def test_budget_refusal_is_insufficient_quota(tmp_path: Path, fake: Any) -> None:
