@@ -3,15 +3,18 @@
 Prints the propagation of revocations and new credentials to every worker of both nodes (p50, p99, max over
 --rounds), then two failovers: PostgreSQL restarted (how long until both nodes are ready and take writes
 again) and `kill -9` of a node (how long a client that tries the next address, as with DNS round robin or a
-TCP load balancer, goes without an answer).
+TCP load balancer, goes without an answer). As root, last: a WireGuard client's move to the other node when its
+node dies (tests/netns/test_failover.py, namespaces and wireguard-go).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -119,6 +122,18 @@ async def _kill_node(nodes: list[RunningCluster]) -> None:
     print(f"kill -9 of node a: the next answer came from node b after {_ms(gap)} ({failed} connection refused)")
 
 
+def _client_failover() -> None:
+    """The netns failover test's measurement (root only: namespaces, wireguard-go)."""
+    if os.geteuid() != 0:
+        print("client failover: not measured (needs root: tests/netns/test_failover.py)")
+        return
+    test = "tests/netns/test_failover.py"
+    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", test]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    found = [line for line in result.stdout.splitlines() if line.startswith("client failover:")]
+    print(found[-1] if found and result.returncode == 0 else f"client failover: {test} failed\n{result.stdout[-4000:]}")
+
+
 async def main(rounds: int) -> None:
     socket.getaddrinfo = _loopback  # type: ignore[assignment]
     server = PostgresServer()
@@ -148,3 +163,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=200)
     asyncio.run(main(parser.parse_args().rounds))
+    _client_failover()
