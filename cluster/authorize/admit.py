@@ -19,7 +19,7 @@ from cluster.authorize.facts import RequestFacts, policy_context, session_doc
 from cluster.authorize.state import ADMIN_SERVICE, GatewayState, Principal, Route, ServicePipeline
 from cluster.errors import Refused
 from cluster.identity.authenticate import Identity
-from cluster.policy.context import parse_body_map
+from cluster.policy.context import TooManyValues, parse_body_map
 from cluster.policy.engine import Decision, EvalInput, RuleSet, evaluate
 
 ADMIN_DOC: dict[str, Any] = {"metadata": {"name": ADMIN_SERVICE}, "spec": {"isPublic": False}}
@@ -66,11 +66,15 @@ class Refusal:
     config: str | None = None
 
 
-def _body_map(facts: RequestFacts, parse_limit: int) -> Mapping[str, Any] | None:
-    """The parsed body, {} when it is not a JSON object, None when it is over the parse limit (not parsed)."""
+def _body_map(facts: RequestFacts, parse_limit: int, max_values: int) -> Mapping[str, Any] | None:
+    """The parsed body, {} when it is not a JSON object, None when it is over the parse limits (bytes, or JSON
+    values): then it is not handed to anything."""
     if len(facts.body) > parse_limit:
         return None
-    return parse_body_map(facts.body, facts.content_type)
+    try:
+        return parse_body_map(facts.body, facts.content_type, max_values)
+    except TooManyValues:
+        return None
 
 
 def admit(
@@ -95,7 +99,7 @@ def admit(
         return Refusal(Refused.NO_POLICIES, f"user {caller.user!r} has no compiled policies")
     if len(facts.body) > pipe.max_request_bytes:
         return Refusal(Refused.TOO_LARGE, "request body over the limit")
-    body_map = _body_map(facts, pipe.parse_limit)
+    body_map = _body_map(facts, pipe.parse_limit, pipe.max_values)
     inp = EvalInput(policy_context(principal.doc, caller.session, pipe.doc, facts, body_map or {}, usage))
     if body_map is None and pipe.dynamic_reads_body:
         return Refusal(Refused.TOO_LARGE_TO_INSPECT, "request body over the parse limit; dynamic config reads it")

@@ -29,6 +29,7 @@ from cluster.policy.engine import (
     compile_condition,
     compile_policy,
     condition_reads_body,
+    condition_uses_rego,
 )
 from cluster.resources.common import Scope
 from cluster.resources.credential import Secret
@@ -102,10 +103,13 @@ class ServicePipeline:
     dynamic_rules: tuple[tuple[CompiledCondition, str], ...]
     rules: RuleSet
     dynamic_reads_body: bool = False
+    dynamic_rego: bool = False
     max_request_bytes: int = 0
     """The largest body any of its configs accepts (the read limit before a config is picked)."""
     parse_limit: int = 0
     """The largest body any of its configs parses into `bodyMap`."""
+    max_values: int = 0
+    """The most JSON values any of its configs parses into `bodyMap`."""
 
     def pick_route(self, inp: EvalInput) -> tuple[Route | None, list[str]]:
         """The config the first matching dynamic rule names, else `spec.config`; a rule whose condition
@@ -143,6 +147,11 @@ class GatewayState:
     """The Quotas and prices (cluster/usage/rules.py)."""
     _merged: dict[tuple[str, str], RuleSet] = field(default_factory=dict)
 
+    def needs_rego(self, pipe: ServicePipeline, user: str) -> bool:
+        """Whether deciding a request of `user` to `pipe` may run Rego (then it runs off the event loop)."""
+        principal = self.principals.get(user)
+        return pipe.dynamic_rego or (principal is not None and self.rules_for(pipe, principal).uses_rego)
+
     def rules_for(self, pipe: ServicePipeline, principal: Principal) -> RuleSet:
         """The Service's rules merged with the user's and groups', merged once per pair while this state
         lives (a changed resource builds a new state)."""
@@ -176,6 +185,9 @@ def _compile_service(
     dynamic_reads_body = spec.dynamic_config is not None and any(
         condition_reads_body(r.condition) for r in spec.dynamic_config.rules
     )
+    dynamic_rego = spec.dynamic_config is not None and any(
+        condition_uses_rego(r.condition) for r in spec.dynamic_config.rules
+    )
     return ServicePipeline(
         name=service.metadata.name,
         service=service,
@@ -185,8 +197,10 @@ def _compile_service(
         dynamic_rules=tuple(dynamic),
         rules=rules.scoped(Scope.SERVICES),
         dynamic_reads_body=dynamic_reads_body,
+        dynamic_rego=dynamic_rego,
         max_request_bytes=max((r.config.http.body.max_request_bytes for r in routes.values()), default=0),
         parse_limit=max((r.config.http.body.max_parsed_bytes for r in routes.values()), default=0),
+        max_values=max((r.config.http.body.max_parsed_values for r in routes.values()), default=0),
     )
 
 

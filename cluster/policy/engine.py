@@ -61,6 +61,7 @@ __all__ = [
     "compile_condition",
     "compile_policy",
     "condition_reads_body",
+    "condition_uses_rego",
     "evaluate",
 ]
 
@@ -209,6 +210,8 @@ class CompiledRule:
     scope: Scope = Scope.SERVICES
     reads_body: bool = False
     """The condition's source names the body (`bodyMap`, `body`): the request body must be parsed for it."""
+    rego: bool = False
+    """The condition has a Rego part: its evaluation can take long enough to keep off the event loop."""
 
 
 def _order(rule: CompiledRule) -> tuple[int, int]:
@@ -229,6 +232,15 @@ def condition_reads_body(cond: Condition) -> bool:
     return any(condition_reads_body(c) for c in children)
 
 
+def condition_uses_rego(cond: Condition) -> bool:
+    if cond.opa is not None:
+        return True
+    children = (cond.all.of if cond.all else []) + (cond.any.of if cond.any else [])
+    if cond.not_ is not None:
+        children = [cond.not_]
+    return any(condition_uses_rego(c) for c in children)
+
+
 def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler) -> list[CompiledRule]:
     """The rules of one policy, compiled and sorted (priority, DENY first, declaration order)."""
     rules = [
@@ -239,6 +251,7 @@ def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler
             ref=RuleRef(policy_ref, rule.name or f"rules[{i}]"),
             scope=rule.scope,
             reads_body=condition_reads_body(rule.condition),
+            rego=condition_uses_rego(rule.condition),
         )
         for i, rule in enumerate(spec.rules)
     ]
@@ -289,6 +302,10 @@ class RuleSet(Sequence[CompiledRule]):
     @property
     def reads_body(self) -> bool:
         return any(r.reads_body for r in self._rules)
+
+    @property
+    def uses_rego(self) -> bool:
+        return any(r.rego for r in self._rules)
 
     def scoped(self, scope: Scope) -> RuleSet:
         """The rules that govern `scope` (SERVICES or ADMIN): those of that scope and those of scope ALL."""

@@ -33,7 +33,7 @@ from cluster.observability.record import AccessRecord, PluginFailure
 from cluster.plugins.flow import HttpFlow
 from cluster.plugins.flow import Request as FlowRequest
 from cluster.plugins.manager import PluginError
-from cluster.policy.context import parse_body_map
+from cluster.policy.context import TooManyValues, parse_body_map
 from cluster.proxy import cors
 from cluster.proxy.exchange import Exchange, decision_record, server_attributes
 from cluster.proxy.headers import upstream_request_headers
@@ -258,7 +258,14 @@ class Gateway:
         ex.facts = facts
         started = time.perf_counter()
         usage = None if self._meter is None else await begin_metering(ex, self._meter, state, pipe.name, identity)
-        outcome = admit(state, Caller.of(identity), facts, pipe.name, usage)
+        caller = Caller.of(identity)
+        if state.needs_rego(pipe, caller.user):
+            # Rego evaluates in C for as long as its time limit allows: keep it off the event loop (the
+            # decision is a pure function of immutable state, so a thread may make it).
+            loop = asyncio.get_running_loop()
+            outcome = await loop.run_in_executor(None, admit, state, caller, facts, pipe.name, usage)
+        else:
+            outcome = admit(state, caller, facts, pipe.name, usage)
         record.bytes_in = len(body)
         record.notes.extend(outcome.notes)
         if isinstance(outcome, Refusal):
@@ -317,7 +324,10 @@ class Gateway:
         finally:
             record.notes.extend(run.notes)
         if flow.request.body is not original and flow.request.body != original:
-            changed = request_model(parse_body_map(flow.request.body, flow.request.headers.get("Content-Type", "")))
+            try:
+                changed = request_model(parse_body_map(flow.request.body, flow.request.headers.get("Content-Type", "")))
+            except TooManyValues:
+                changed = None
             if changed != record.model:
                 record.upstream_model = changed
         if flow.response is None:

@@ -308,12 +308,14 @@ class Plugin(Model):
 
 class BodyConfig(Model):
     """Request body limits. A body over `maxRequestBytes` gets 413 before anything else happens. Only a
-    body up to `maxParsedBytes` is parsed into `bodyMap` and handed to plugins: a larger one passes through
-    unparsed where no policy, dynamic rule or plugin reads it, and gets 413 where one does (parsing and
-    converting megabytes of JSON for every request is how one request stalls a node)."""
+    body up to `maxParsedBytes` holding at most `maxParsedValues` JSON values is parsed into `bodyMap` and
+    handed to plugins: a larger one passes through unparsed where no policy, dynamic rule or plugin reads it,
+    and gets 413 where one does (converting a megabyte of tiny JSON values for CEL, Rego or Lua is how one
+    request stalls a node for everyone)."""
 
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
     max_parsed_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    max_parsed_values: int = Field(default=10_000, ge=0, le=10_000_000)
 
 
 class Timeouts(Model):

@@ -13,8 +13,11 @@ import asyncio
 import contextlib
 import io
 import json
+import os
+import re
 import statistics
 import sys
+from collections.abc import AsyncIterator
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,6 @@ import orjson
 import pytest
 
 from tests.conftest import RunningCluster
-from tests.fakes.openai_provider import FakeOpenAI
 from tests.integration.gateway_env import apply_docs
 
 pytestmark = pytest.mark.usefixtures("loopback_names")
@@ -46,16 +48,25 @@ function onRequest(ctx)
   wardgate.req.setRequestHeader("x-count", tostring(n))
 end
 """
+LUA_SLOW = """
+function onRequest(ctx)
+  -- an admin's script whose work grows with the body: a large enough body drives it to its time limit
+  local body, n = octelium.req.getRequestBody(), 0
+  for i = 1, #body * 1000 do n = n + 1 end
+end
+"""
 REGO = """package heavy
 
 allow if count(input.ctx.request.http.bodyMap.messages) < 1000000
 """
 
 
-def _service(name: str, upstream: str, condition: dict[str, Any], lua: str | None = None) -> dict[str, Any]:
+def _service(
+    name: str, upstream: str, condition: dict[str, Any], lua: str | None = None, **limits: Any
+) -> dict[str, Any]:
     http: dict[str, Any] = {"auth": {"bearer": {"fromSecret": "upstream-key"}}}
     if lua is not None:
-        http["plugins"] = [{"name": "heavy", "lua": {"inline": lua}}]
+        http["plugins"] = [{"name": "heavy", "lua": {"inline": lua, **limits}}]
     rules = [{"effect": "ALLOW", "condition": condition}]
     return {
         "kind": "Service",
@@ -68,13 +79,16 @@ def _service(name: str, upstream: str, condition: dict[str, Any], lua: str | Non
     }
 
 
-def _docs(upstream: str) -> list[dict[str, Any]]:
+def _docs(quiet: str, upstream: str) -> list[dict[str, Any]]:
     anyone = {"matchAny": True}
     return [
         {"kind": "User", "metadata": {"name": "bot"}, "spec": {"type": "WORKLOAD"}},
-        _service("plain", upstream, anyone),
+        _service("plain", quiet, anyone),
         _service("lua-decode", upstream, anyone, LUA_DECODE),
         _service("lua-ctx", upstream, anyone, LUA_CTX),
+        _service("lua-slow", upstream, anyone, LUA_SLOW),
+        # An admin who allows a script a whole second: it must still not hold up anyone else.
+        _service("lua-second", upstream, anyone, LUA_SLOW, maxInstructions=1_000_000_000, timeLimit="1s"),
         _service("rego-body", upstream, {"opa": {"inline": REGO}}),
         _service("cel-body", upstream, {"match": "size(ctx.request.http.bodyMap.messages) < 1000000"}),
     ]
@@ -83,8 +97,18 @@ def _docs(upstream: str) -> list[dict[str, Any]]:
 def _many_values(size: int) -> bytes:
     """A chat body of about `size` bytes made of as many tiny values as fit: the costliest shape to convert."""
     item = {"role": "user", "content": "a"}
-    count = size // len(orjson.dumps(item))
-    return orjson.dumps({"model": "gpt-4o-mini", "messages": [item] * count})
+    count = (size - 64) // (len(orjson.dumps(item)) + 1)
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [item] * count})
+    assert len(body) <= size
+    return body
+
+
+def _at_the_caps() -> bytes:
+    """Just under both default parse caps (1 MiB, 10,000 JSON values): the costliest body still parsed."""
+    item = {"role": "user", "content": "x" * 310}
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [item] * 3000})  # 9,003 values
+    assert 1_000_000 < len(body) <= 1024 * 1024
+    return body
 
 
 class Client:
@@ -121,15 +145,35 @@ async def _token(cluster: RunningCluster) -> str:
             return str((await r.json())["access_token"])
 
 
+@contextlib.asynccontextmanager
+async def _provider() -> AsyncIterator[str]:
+    """The fake provider as its own process: its work on a hostile body must not stall the measuring client."""
+    root = Path(__file__).resolve().parents[2]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes.openai_provider", "--port", "0", "--api-key", KEY,
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
+        found = re.fullmatch(r"fake-openai listening on (http://127\.0\.0\.1:\d+)\n", line)
+        assert found, line
+        yield found[1]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 @pytest.fixture
-async def heavy(tmp_path: Path) -> Any:
+async def heavy(tmp_path: Path) -> AsyncIterator[Client]:
     from tests.conftest import start_cluster, stop_cluster
 
-    fake = FakeOpenAI(api_key=KEY)
-    async with fake.serve() as upstream:
+    # Two providers: the normal client's answers must not wait behind the provider's own work on hostile bodies.
+    async with _provider() as quiet, _provider() as upstream:
         cluster = await asyncio.to_thread(start_cluster, tmp_path / "home")
         try:
-            apply_docs(cluster, _docs(upstream), tmp_path)
+            apply_docs(cluster, _docs(quiet, upstream), tmp_path)
             cluster.ctl("create", "secret", "upstream-key", "--value", KEY, check=True)
             yield Client(cluster, await _token(cluster))
         finally:
@@ -137,7 +181,7 @@ async def heavy(tmp_path: Path) -> Any:
 
 
 NORMAL = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-HEAVY = ["lua-decode", "lua-ctx", "rego-body", "cel-body"]
+HEAVY = ["lua-decode", "lua-ctx", "lua-slow", "lua-second", "rego-body", "cel-body"]
 
 
 ATTACKER = """
@@ -213,12 +257,14 @@ async def test_bodies_over_the_parse_limit_are_refused_at_once_and_delay_nobody(
     assert passed and "upstreamStatus" in passed[-1] and "reason" not in passed[-1], passed
 
 
-async def test_bodies_at_the_parse_limit_delay_nobody(heavy: Client, tmp_path: Path) -> None:
+@pytest.mark.parametrize("service", HEAVY)
+async def test_bodies_at_the_parse_limit_delay_nobody(heavy: Client, tmp_path: Path, service: str) -> None:
     baseline = await _baseline(heavy)
-    worst_shape = _many_values(1000 * 1024)  # just under 1 MiB: parsed, and as costly as it gets
-    hostile = [service for service in HEAVY for _ in range(2)]
+    worst_shape = _at_the_caps()  # parsed, and as costly as the default caps let it be
+    hostile = [service] * 3
     normal, statuses = await _under_attack(heavy, hostile, worst_shape, tmp_path)
-    assert all(s in (200, 403, 413, 500) for s in statuses), statuses
+    assert 413 not in statuses, statuses  # parsed and handed to every heavy path
+    assert all(s in (200, 403, 500) for s in statuses), statuses
     assert normal
     worst = max(normal) - baseline
     assert worst < BUDGET_MS, f"a normal request was delayed {worst:.0f} ms (baseline {baseline:.1f} ms): {statuses}"

@@ -24,6 +24,7 @@ import collections
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -302,6 +303,9 @@ class _Pool:
 
 HttpSession = Callable[[], aiohttp.ClientSession]
 
+_EXECUTOR = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lua")
+"""Where Lua steps run. A runtime is used by one step at a time (the pool), so threads never share one."""
+
 
 class _LuaBase:
     """What every Lua plugin has: the pool, the driver, and response-header edits made in onRequest."""
@@ -322,8 +326,11 @@ class _LuaBase:
             runtime.start(fn, True)
             args: tuple[Any, ...] = ()
             calls = 0
+            loop = asyncio.get_running_loop()
             while True:
-                out = runtime.step(args)
+                # Off the event loop: lupa releases the GIL while Lua runs, so a script running up to its
+                # time limit delays only its own request, never the node's other requests.
+                out = await loop.run_in_executor(_EXECUTOR, runtime.step, args)
                 if out[0] != b"http":
                     break
                 calls += 1

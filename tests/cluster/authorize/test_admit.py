@@ -256,3 +256,13 @@ def test_a_deep_body_is_not_parsed() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     state = state_of(service(rules=(rule("ALLOW", {"match": "ctx.request.http.bodyMap == {}"}),)), user())
     assert isinstance(run(state, facts(body=b'{"a":' + deep + b"}")), Admission)
+
+
+def test_a_body_with_more_values_than_parsed_is_refused_where_read_and_passed_where_not() -> None:
+    many = {"model": "gpt-4o", "messages": [{"role": "user", "content": "a"}] * 5000}  # ~15,000 values, 150 KB
+    reads = state_of(service(rules=(rule("ALLOW", {"match": "has(ctx.request.http.bodyMap.model)"}),)), user())
+    refused = run(reads, facts(body=many))
+    assert isinstance(refused, Refusal) and refused.refused is Refused.TOO_LARGE_TO_INSPECT
+    assert isinstance(run(reads, facts(body={"model": "gpt-4o", "messages": many["messages"][:100]})), Admission)
+    passes = run(state_of(service(rules=(ALLOW_ALL,)), user()), facts(body=many))
+    assert isinstance(passes, Admission) and passes.body_map == {}
