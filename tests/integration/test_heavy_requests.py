@@ -17,8 +17,8 @@ import os
 import re
 import statistics
 import sys
-from collections.abc import AsyncIterator
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
