@@ -83,6 +83,9 @@ class PostgresStore:
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
+        except _DOWN as exc:
+            await pool.close()
+            raise Unavailable(f"the PostgreSQL store at {describe(dsn)} is unreachable: {exc}") from exc
         except BaseException:
             await pool.close()
             raise
