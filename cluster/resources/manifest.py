@@ -75,6 +75,11 @@ def validate_document(raw: object, source: str, index: int) -> AnyResource:
         raise ManifestError(problems) from None
 
 
+MAX_DEPTH = 64
+MAX_VALUES = 1_000_000
+"""A manifest nested deeper, or holding more values (YAML aliases can multiply them), is refused whole."""
+
+
 def parse_documents(text: str, source: str) -> list[tuple[int, object]]:
     """Decode YAML into (document number from 1, raw value) pairs, skipping empty documents."""
     try:
@@ -84,7 +89,32 @@ def parse_documents(text: str, source: str) -> list[tuple[int, object]]:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ManifestError([Problem(source, 1, "", f"invalid YAML at {where}: {problem}")]) from None
-    return [(i, d) for i, d in enumerate(docs, 1) if d is not None]
+    except RecursionError:
+        raise ManifestError([Problem(source, 1, "", f"nests deeper than {MAX_DEPTH} levels")]) from None
+    found = [(i, d) for i, d in enumerate(docs, 1) if d is not None]
+    for index, doc in found:
+        problem = _shape_problem(doc)
+        if problem is not None:
+            raise ManifestError([Problem(source, index, "", problem)])
+    return found
+
+
+def _shape_problem(root: object) -> str | None:
+    """Why a decoded document is too deep or too large to validate, else None (bounded by the caps)."""
+    stack: list[tuple[object, int]] = [(root, 0)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return f"holds more than {MAX_VALUES} values"
+        if depth > MAX_DEPTH:
+            return f"nests deeper than {MAX_DEPTH} levels"
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return None
 
 
 def parse_manifest(text: str, source: str = "<input>") -> list[AnyResource]:
