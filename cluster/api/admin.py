@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from cluster.api.admission import admit
 from cluster.api.apply import MANAGED_BY_APPLY, plan_apply
+from cluster.api.bodies import json_body
 from cluster.api.policy_eval import evaluate as evaluate_policy
 from cluster.api.state import CHECK_EXPRESSION, POLICY_EVAL, PROPAGATION, STORE
 from cluster.errors import Invalid, NotFound
@@ -29,34 +29,6 @@ def _kind(request: web.Request) -> str:
         return plural_to_kind(request.match_info["plural"])
     except KeyError as exc:
         raise NotFound(str(exc.args[0])) from None
-
-
-MAX_JSON_DEPTH = 64
-"""Deeper than any manifest: a deeper body is refused before validation walks it (recursively)."""
-
-
-def _depth_over(value: Any, limit: int) -> bool:
-    """Whether `value` nests deeper than `limit`; iterative, so no depth can exhaust the stack here."""
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict | list):
-            if depth >= limit:
-                return True
-            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return False
-
-
-async def _json(request: web.Request) -> Any:
-    """The JSON body. orjson refuses nesting over 1024 (json.loads would recurse until RecursionError: a 500);
-    past MAX_JSON_DEPTH the body is refused as well."""
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise Invalid("the request body is not JSON, or it nests too deeply") from None
-    if _depth_over(body, MAX_JSON_DEPTH):
-        raise Invalid(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
-    return body
 
 
 @routes.get("/api/v1/{plural}")
@@ -93,7 +65,7 @@ def _admit(request: web.Request, incoming: list[AnyResource], visible: dict[tupl
 async def put_resource(request: web.Request) -> web.Response:
     """Create or replace one resource (used by `create secret`); status is kept by the cluster."""
     kind, name = _kind(request), request.match_info["name"]
-    body = await _json(request)
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise Invalid("the request body must be a resource object")
     try:
@@ -175,7 +147,7 @@ _CREDENTIAL_TYPES = {
 async def create_credential(request: web.Request) -> web.Response:
     """Body {name, user, type: oauth2|auth-token|access-token, expiresIn?, maxSessions?}; the token is
     returned once, in this response, and only its SHA-256 is stored."""
-    body = await _json(request)
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise Invalid("expected {name, user, type, expiresIn?, maxSessions?}")
     kind = _CREDENTIAL_TYPES.get(str(body.get("type", "")).lower())
@@ -214,7 +186,7 @@ async def create_credential(request: web.Request) -> web.Response:
 async def apply(request: web.Request) -> web.Response:
     """Body: {documents: [{source, index, object}], dryRun, prune}. All documents are validated and
     admitted before one atomic commit; any problem means nothing is written."""
-    body = await _json(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
         raise Invalid("expected {documents: [...], dryRun: bool, prune: bool}")
     resources: list[AnyResource] = []

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from cluster.api.bodies import json_body
 from cluster.authorize.admit import Admission, Refusal
 from cluster.errors import Invalid, NotFound, Refused
 from cluster.policy.engine import Decision
@@ -47,10 +48,7 @@ def _body_bytes(value: object) -> bytes:
 
 
 async def evaluate(evaluator: PolicyEvaluator, request: web.Request) -> web.Response:
-    try:
-        spec = await request.json()
-    except ValueError:
-        raise Invalid("the request body is not JSON") from None
+    spec = await json_body(request)
     if not isinstance(spec, dict) or not isinstance(spec.get("service"), str) or not isinstance(spec.get("user"), str):
         raise Invalid("expected {service, user, method?, path?, headers?, body?, sessionType?}")
     headers = spec.get("headers") or {}
