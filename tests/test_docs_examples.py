@@ -58,6 +58,11 @@ FRAGMENT_WRAPPERS: dict[str, Callable[[str, Any], dict[str, Any]]] = {
         "metadata": {"name": name},
         "spec": {"config": {"upstream": {"url": "http://upstream.invalid"}, "http": http}},
     },
+    "config": lambda name, config: {
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"config": {"upstream": {"url": "http://upstream.invalid"}, **config}},
+    },
 }
 """A fragment's top-level key -> the smallest resource around it (named after where it is)."""
 
