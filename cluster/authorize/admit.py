@@ -78,10 +78,16 @@ def _body_map(facts: RequestFacts, parse_limit: int, max_values: int) -> Mapping
 
 
 def admit(
-    state: GatewayState, caller: Caller, facts: RequestFacts, target: str, usage: Mapping[str, Any] | None = None
+    state: GatewayState,
+    caller: Caller,
+    facts: RequestFacts,
+    target: str,
+    usage: Mapping[str, Any] | None = None,
+    mcp: Mapping[str, Any] | None = None,
 ) -> Admission | Refusal:
     """Decide one request to `target` (a Service name, or ADMIN_SERVICE for the admin API); `usage` is
-    `ctx.usage`, the caller's quota counters read before the decision (the gateway's)."""
+    `ctx.usage`, the caller's quota counters read before the decision (the gateway's); `mcp` is
+    `ctx.request.mcp`, one JSON-RPC call to an MCP Service (each call of a request is decided on its own)."""
     principal = state.principals.get(caller.user)
     if target == ADMIN_SERVICE:
         if principal is None:
@@ -100,7 +106,7 @@ def admit(
     if len(facts.body) > pipe.max_request_bytes:
         return Refusal(Refused.TOO_LARGE, "request body over the limit")
     body_map = _body_map(facts, pipe.parse_limit, pipe.max_values)
-    inp = EvalInput(policy_context(principal.doc, caller.session, pipe.doc, facts, body_map or {}, usage))
+    inp = EvalInput(policy_context(principal.doc, caller.session, pipe.doc, facts, body_map or {}, usage, mcp))
     if body_map is None and pipe.dynamic_reads_body:
         return Refusal(Refused.TOO_LARGE_TO_INSPECT, "request body over the parse limit; dynamic config reads it")
     route, notes = pipe.pick_route(inp)

@@ -131,8 +131,10 @@ def policy_context(
     facts: RequestFacts,
     body_map: Mapping[str, Any],
     usage: Mapping[str, Any] | None = None,
+    mcp: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`ctx`; `usage` is the caller's current quota counters (`ctx.usage`, cluster/usage/meter.py)."""
+    """`ctx`; `usage` is the caller's current quota counters (`ctx.usage`, cluster/usage/meter.py); `mcp` is
+    `ctx.request.mcp` (method, name, arguments) of one JSON-RPC call to an MCP Service."""
     ctx = build_ctx(
         user=user,
         session=session,
@@ -149,4 +151,6 @@ def policy_context(
         time=datetime.now(UTC).isoformat(),
     )
     ctx["usage"] = usage if usage is not None else EMPTY_USAGE
+    if mcp is not None:
+        ctx["request"]["mcp"] = mcp
     return ctx

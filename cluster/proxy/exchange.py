@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
 from cluster.authorize.admit import Admission
 from cluster.authorize.facts import RequestFacts
+from cluster.authorize.resilience import Endpoint
 from cluster.authorize.state import GatewayState, Route
 from cluster.errors import Refused
 from cluster.observability.otlp import SpanKind, SpanRecord, TraceContext
@@ -41,6 +42,18 @@ def decision_record(decision: Decision) -> DecisionRecord:
     )
 
 
+class BodyFilter(Protocol):
+    """Rewrites an upstream answer on its way to the client (MCP: list results filtered per caller)."""
+
+    def head(self, status: int, content_type: str) -> tuple[int, str | None]:
+        """The status and Content-Type the client gets (None: the upstream's)."""
+        ...
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
 @dataclass(slots=True)
 class Exchange:
     request: web.BaseRequest
@@ -64,6 +77,12 @@ class Exchange:
     """What the upstream answered, as usage sees it (set by the relay; read when the exchange ends)."""
     strip_usage: bool = False
     """The gateway asked for stream usage the client did not: the tap takes that chunk out."""
+    body_filter: BodyFilter | None = None
+    """Rewrites the upstream's answer (no Content-Length then; the upstream is asked for no encoding)."""
+    pinned: Endpoint | None = None
+    """The one endpoint this request must go to (an MCP session lives on the replica that created it)."""
+    more_lines: list[dict[str, Any]] = field(default_factory=list)
+    """Fields of further access-log lines, each the record plus these (an MCP batch: one per call)."""
 
     @property
     def route(self) -> Route:

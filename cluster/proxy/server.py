@@ -35,6 +35,7 @@ from cluster.plugins.flow import Request as FlowRequest
 from cluster.plugins.manager import PluginError
 from cluster.policy.context import TooManyValues, parse_body_map
 from cluster.proxy import cors
+from cluster.proxy import mcp as mcp_mode
 from cluster.proxy.exchange import Exchange, decision_record, server_attributes
 from cluster.proxy.headers import upstream_request_headers
 from cluster.proxy.llm import request_model
@@ -125,6 +126,7 @@ class Gateway:
         self._node = node
         self._telemetry = telemetry
         self._live = live
+        self._mcp = mcp_mode.McpGateway()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")
@@ -168,6 +170,8 @@ class Gateway:
         record.finish(status, total)
         settle_usage(ex)
         self._log.write(record)
+        for fields in ex.more_lines:
+            self._log.write({**record.as_dict(), **fields})
         telemetry = self._telemetry
         if telemetry is None:
             return
@@ -192,14 +196,17 @@ class Gateway:
             return None
         return pipe
 
-    def _unauthenticated(self, ex: Exchange, reason: str) -> web.StreamResponse:
+    def _unauthenticated(self, ex: Exchange, reason: str, mcp: bool = False) -> web.StreamResponse:
         request, login = ex.request, self._listener.login_url()
         if login is not None and request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
             ex.record.reason, ex.record.redirect = reason, "login"
             target = f"https://{request.host}{request.rel_url}"
             return web.Response(status=302, headers={"Location": login + "?" + urlencode({"rd": target})})
         response = ex.refuse(self._listener.unauthenticated, reason, self._listener.unauthenticated_message)
-        if response.status == 401:
+        if response.status == 401 and mcp:
+            where = mcp_mode.origin(self._listener.scheme, ex.host, request.host or "")
+            response.headers["WWW-Authenticate"] = mcp_mode.challenge(where, self._domain)
+        elif response.status == 401:
             response.headers["WWW-Authenticate"] = f'Bearer realm="{self._domain}"'
         return response
 
@@ -225,6 +232,12 @@ class Gateway:
         if pipe is None:
             return ex.refuse(Refused.UNKNOWN_SERVICE, "unknown host")
         record.service = pipe.name
+        is_mcp = pipe.service.spec.mode == "MCP"
+        if is_mcp and request.method == "GET" and request.path == mcp_mode.METADATA_PATH:
+            record.reason = "mcp: protected resource metadata"
+            where = mcp_mode.origin(self._listener.scheme, ex.host, request.host or "")
+            authorization_server = mcp_mode.origin(self._listener.scheme, self._domain, request.host or "")
+            return mcp_mode.metadata(where, authorization_server, pipe.name)
         cors_config = pipe.default.config.http.cors if pipe.default is not None else None
         ex.origin = request.headers.get("Origin")
         if cors_config is not None and ex.origin and cors.is_preflight(request):
@@ -233,7 +246,7 @@ class Gateway:
         try:
             identity = self._listener.identify(request)
         except Unauthenticated as exc:
-            return self._unauthenticated(ex, str(exc))
+            return self._unauthenticated(ex, str(exc), is_mcp)
         record.user = identity.user.metadata.name
         record.session = identity.session.metadata.name if identity.session else None
         record.session_type = identity.session.spec.type.value if identity.session else "CLIENTLESS"
@@ -259,6 +272,8 @@ class Gateway:
         started = time.perf_counter()
         usage = None if self._meter is None else await begin_metering(ex, self._meter, state, pipe.name, identity)
         caller = Caller.of(identity)
+        if is_mcp:
+            return await self._mcp.handle(ex, state, pipe, caller, facts, usage, self._proceed)
         if state.needs_rego(pipe, caller.user):
             # Rego evaluates in C for as long as its time limit allows: keep it off the event loop (the
             # decision is a pure function of immutable state, so a thread may make it).

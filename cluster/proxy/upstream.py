@@ -116,7 +116,7 @@ class Upstream:
     ) -> bytes:
         """Headers for the upstream; returns the new span id (the upstream's parent in the trace)."""
         headers = outgoing.headers
-        if buffered:
+        if buffered or ex.body_filter is not None:
             headers["Accept-Encoding"] = "identity"
         auth = route.config.http.auth
         if auth is not None:
@@ -150,6 +150,8 @@ class Upstream:
         self, ex: Exchange, state: GatewayState, outgoing: FlowRequest, run: ChainRun | None
     ) -> web.StreamResponse:
         route = ex.route
+        if ex.pinned is not None:
+            return await self._try(ex, state, route, ex.pinned, outgoing, run, None)
         if not route.retry.resilient:
             return await self._try(ex, state, route, route.endpoints[0], outgoing, run, None)
         return await self._tries(ex, state, outgoing, run)
@@ -295,11 +297,17 @@ class Upstream:
             raise UpstreamRefused(Refused.UPSTREAM_FAILED, f"upstream failed mid-body: {type(exc).__name__}") from exc
         tap = ex.tap = ResponseTap(upstream.headers.get("Content-Type", ""))
         tap.feed(bytes(data))
-        ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
+        status = upstream.status
         headers = client_response_headers(upstream.headers, route.remove_response_headers)
+        if ex.body_filter is not None:
+            status, content_type = ex.body_filter.head(status, upstream.headers.get("Content-Type", ""))
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            data = bytearray(ex.body_filter.feed(bytes(data)) + ex.body_filter.flush())
+        ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
         for name, value in route.add_response_headers:
             headers[name] = value
-        flow.response = FlowResponse(upstream.status, headers, bytes(data))
+        flow.response = FlowResponse(status, headers, bytes(data))
         await run.response_headers(flow)
         await run.response(flow)
         response = complete(ex, flow.response, None)
@@ -320,6 +328,11 @@ class Upstream:
         for name, value in route.add_response_headers:
             headers[name] = value
         status = upstream.status
+        rewrite = ex.body_filter
+        if rewrite is not None:
+            status, content_type = rewrite.head(status, upstream.headers.get("Content-Type", ""))
+            if content_type is not None:
+                headers["Content-Type"] = content_type
         if run is not None and ex.flow is not None:
             ex.flow.response = FlowResponse(status, headers, None)
             await run.response_headers(ex.flow)
@@ -329,7 +342,7 @@ class Upstream:
         response.headers["x-request-id"] = ex.request_id
         _add_cors(ex, response)
         _attempts_header(ex, response, route, upstream.status)
-        if upstream.content_length is not None and request.method != "HEAD":
+        if upstream.content_length is not None and request.method != "HEAD" and rewrite is None:
             response.content_length = upstream.content_length
         tap = ex.tap = ResponseTap(upstream.headers.get("Content-Type", ""), ex.strip_usage)
         sent = 0
@@ -337,16 +350,21 @@ class Upstream:
         try:
             if first:
                 ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
-                await response.write(tap.feed(first))
+                out = tap.feed(first)
+                await response.write(rewrite.feed(out) if rewrite is not None else out)
                 sent = len(first)
             async for chunk in upstream.content.iter_any():
                 if sent == 0:
                     ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
                 out = tap.feed(chunk)  # the chunk; without the usage chunk the gateway asked for (ex.strip_usage)
+                if rewrite is not None:
+                    out = rewrite.feed(out)
                 if out:
                     await response.write(out)
                 sent += len(chunk)
             rest = tap.flush()
+            if rewrite is not None:
+                rest = rewrite.feed(rest) + rewrite.flush()
             if rest:
                 await response.write(rest)
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -416,7 +416,9 @@ class DynamicConfig(Model):
 
 
 class ServiceSpec(Model):
-    mode: Literal["HTTP"] = "HTTP"
+    mode: Literal["HTTP", "MCP"] = "HTTP"
+    """`MCP`: the upstream is an MCP server's Streamable HTTP endpoint (`config.upstream.url`), reached at
+    `/mcp`; each JSON-RPC call is decided on its own (`ctx.request.mcp`), list answers are filtered."""
     is_public: bool = False
     config: ServiceConfig | None = None
     dynamic_config: DynamicConfig | None = None

@@ -1,0 +1,249 @@
+"""The gateway for a Service in `mode: MCP`: every JSON-RPC call decided on its own, the answers filtered.
+
+The flow:
+
+    identified caller, body read ─▶ `/mcp` only (and `/.well-known/oauth-protected-resource`, before
+    identification) ─▶ POST: parse (mcp_rpc.py; not JSON-RPC: a parse error, nothing forwarded);
+    GET (listen) / DELETE (end session): one transport call ─▶ admit each call with `ctx.request.mcp`
+    ─▶ a refused call becomes a JSON-RPC error with the reason; nothing left: answered here
+    ─▶ the allowed calls go upstream (the Gateway's own path: plugins, the Service's secret, never the
+    caller's credential), to the endpoint holding the `Mcp-Session-Id`; list results filtered per caller
+    ─▶ one access-log line per call: method, name, decision (never arguments or results)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cluster.authorize.admit import Admission, Caller, Refusal, admit
+from cluster.authorize.facts import RequestFacts
+from cluster.authorize.resilience import Endpoint
+from cluster.authorize.state import GatewayState, ServicePipeline
+from cluster.errors import Refused
+from cluster.proxy.exchange import Exchange, decision_record
+from cluster.proxy.mcp_rpc import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    TRANSPORT,
+    Call,
+    Malformed,
+    ResponseFilter,
+    denial,
+    error,
+    forwarded,
+    parse,
+)
+from cluster.proxy.metering import gate as quota_gate
+
+ENDPOINT = "/mcp"
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+SESSION_HEADER = "Mcp-Session-Id"
+MAX_PINNED = 100_000
+"""Sessions remembered per gateway process (the oldest are forgotten first)."""
+
+Proceed = Callable[[Exchange, Admission, RequestFacts], Awaitable[web.StreamResponse]]
+"""The Gateway's path from an admission to the upstream (plugins, then the upstream call)."""
+
+
+def origin(scheme: str, host: str, request_host: str) -> str:
+    """`scheme://host[:port]` as the client addressed it (`host` is the checked name; only a numeric port
+    is taken from the Host header)."""
+    port = request_host.rpartition(":")[2] if ":" in request_host else ""
+    return f"{scheme}://{host}" + (f":{port}" if port.isdigit() else "")
+
+
+def challenge(service_origin: str, realm: str) -> str:
+    """`WWW-Authenticate` of a 401 from an MCP Service (RFC 9728 §5.1: where its metadata is)."""
+    return f'Bearer realm="{realm}", resource_metadata="{service_origin}{METADATA_PATH}"'
+
+
+def metadata(service_origin: str, authorization_server: str, service: str) -> web.Response:
+    """OAuth 2.0 Protected Resource Metadata (RFC 9728) of an MCP Service: the resource is its MCP endpoint,
+    Wardgate (`<authorization_server>/.well-known/oauth-authorization-server`) issues its tokens."""
+    body = {
+        "resource": service_origin + ENDPOINT,
+        "authorization_servers": [authorization_server],
+        "bearer_methods_supported": ["header"],
+        "resource_name": service,
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    user: str
+    endpoint: str
+
+
+class SessionPins:
+    """`Mcp-Session-Id` ─▶ the endpoint that created the session and the user it belongs to (bounded LRU)."""
+
+    def __init__(self, capacity: int = MAX_PINNED) -> None:
+        self._pins: OrderedDict[tuple[str, str], Pin] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, service: str, session: str) -> Pin | None:
+        pin = self._pins.get((service, session))
+        if pin is not None:
+            self._pins.move_to_end((service, session))
+        return pin
+
+    def put(self, service: str, session: str, pin: Pin) -> None:
+        self._pins[(service, session)] = pin
+        while len(self._pins) > self._capacity:
+            self._pins.popitem(last=False)
+
+    def drop(self, service: str, session: str) -> None:
+        self._pins.pop((service, session), None)
+
+
+def _rpc(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+class McpGateway:
+    """Decides and forwards the requests of MCP Services for one Gateway."""
+
+    def __init__(self) -> None:
+        self.pins = SessionPins()
+
+    async def handle(
+        self,
+        ex: Exchange,
+        state: GatewayState,
+        pipe: ServicePipeline,
+        caller: Caller,
+        facts: RequestFacts,
+        usage: Mapping[str, Any] | None,
+        proceed: Proceed,
+    ) -> web.StreamResponse:
+        record, method = ex.record, ex.request.method
+        if facts.path != ENDPOINT:
+            return ex.refuse(Refused.NO_ROUTE, f"an MCP Service answers on {ENDPOINT} only")
+        record.bytes_in = len(facts.body)
+        batch = False
+        if method == "POST":
+            try:
+                calls, batch = parse(facts.body)
+            except Malformed as exc:
+                record.reason = f"mcp: {exc}"
+                code = PARSE_ERROR if str(exc) == "not JSON" else INVALID_REQUEST
+                return _rpc(error(None, code, f"Invalid JSON-RPC: {exc}"), 400)
+        elif method in ("GET", "DELETE"):
+            calls = [TRANSPORT]
+        else:
+            return ex.refuse(Refused.METHOD_NOT_ALLOWED, f"{method} on an MCP endpoint")
+        decide = self._decider(state, caller, facts, pipe, usage)
+        outcomes = [await decide(call) for call in calls]
+        allowed: list[tuple[Call, Admission]] = []
+        denied: list[dict[str, Any]] = []
+        lines: list[dict[str, Any]] = []
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, Refusal) and outcome.refused is not Refused.FORBIDDEN:
+                record.notes.extend(outcome.notes)
+                record.config = outcome.config
+                return ex.refuse(outcome.refused, outcome.reason)
+            decision = outcome.decision
+            assert decision is not None
+            lines.append({**call.log(), "decision": decision.effect.value, "reason": decision.reason.value})
+            if isinstance(outcome, Admission):
+                allowed.append((call, outcome))
+            elif call.is_request:
+                denied.append(denial(call, decision.reason.value))
+        record.extra["mcp"] = lines[0]
+        ex.more_lines.extend({"mcp": line} for line in lines[1:])
+        first = allowed[0][1] if allowed else outcomes[0]
+        assert first.decision is not None
+        record.decision = decision_record(first.decision)
+        if not allowed:
+            return self._refused_all(ex, calls, denied, batch)
+        admission = allowed[0][1]
+        ex.admission = admission
+        record.config = ex.route.name
+        refused = await quota_gate(ex, admission.body_map)
+        if refused is not None:
+            return refused
+        sent = [call for call, _ in allowed]
+        body = forwarded(calls, sent, batch, facts.body) if method == "POST" else facts.body
+        may = self._may(state, caller, facts, pipe, usage)
+        rewrite = ResponseFilter.of(sent, denied, batch, may) if method == "POST" else None
+        ex.body_filter = rewrite if rewrite is not None and rewrite.needed else None
+        session = ex.request.headers.get(SESSION_HEADER)
+        if session:
+            pin = self.pins.get(pipe.name, session)
+            if pin is not None and pin.user != caller.user:
+                record.reason = "mcp: the session belongs to another user"
+                return _rpc(error(None, INVALID_REQUEST, "Session not found"), 404)
+            ex.pinned = _endpoint(ex, pin.endpoint if pin else None)
+        response = await proceed(ex, admission, replace(facts, body=body, raw_path=""))
+        self._remember(ex, pipe.name, caller.user, session, response)
+        return response
+
+    def _refused_all(self, ex: Exchange, calls: list[Call], denied: list[dict[str, Any]], batch: bool) -> web.Response:
+        ex.record.reason = "mcp: every call denied by policy"
+        if ex.request.method != "POST":
+            return ex.refuse(Refused.FORBIDDEN, "mcp: denied by policy")
+        if not denied:
+            return web.Response(status=202)  # only notifications (or responses): nothing to answer
+        ex.record.bytes_out = len(orjson.dumps(denied))
+        return _rpc(denied if batch else denied[0])
+
+    def _remember(self, ex: Exchange, service: str, user: str, asked: str | None, response: web.StreamResponse) -> None:
+        if ex.request.method == "DELETE" and asked and response.status < 300:
+            self.pins.drop(service, asked)
+            return
+        created = response.headers.get(SESSION_HEADER)
+        attempts = ex.record.attempts
+        if created and created != asked and attempts:
+            netloc = attempts[-1].endpoint
+            endpoint = next((e.url for e in ex.route.endpoints if e.netloc == netloc), None)
+            if endpoint is not None:
+                self.pins.put(service, created, Pin(user, endpoint))
+
+    @staticmethod
+    def _decider(
+        state: GatewayState,
+        caller: Caller,
+        facts: RequestFacts,
+        pipe: ServicePipeline,
+        usage: Mapping[str, Any] | None,
+    ) -> Callable[[Call], Awaitable[Admission | Refusal]]:
+        rego = state.needs_rego(pipe, caller.user)
+
+        async def decide(call: Call) -> Admission | Refusal:
+            if rego:
+                # Rego runs in C for as long as its limit allows: off the event loop, as for HTTP requests.
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(None, admit, state, caller, facts, pipe.name, usage, call.ctx())
+            return admit(state, caller, facts, pipe.name, usage, call.ctx())
+
+        return decide
+
+    @staticmethod
+    def _may(
+        state: GatewayState,
+        caller: Caller,
+        facts: RequestFacts,
+        pipe: ServicePipeline,
+        usage: Mapping[str, Any] | None,
+    ) -> Callable[[str, str], bool]:
+        """Whether a listed item is shown: decided as the call of it with empty arguments."""
+
+        def may(method: str, name: str) -> bool:
+            mcp = {"method": method, "name": name, "arguments": {}}
+            return isinstance(admit(state, caller, facts, pipe.name, usage, mcp), Admission)
+
+        return may
+
+
+def _endpoint(ex: Exchange, url: str | None) -> Endpoint | None:
+    if url is None:
+        return None
+    return next((e for e in ex.route.endpoints if e.url == url), None)

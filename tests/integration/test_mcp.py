@@ -1,0 +1,185 @@
+"""MCP Services through the real gateway: the official `mcp` SDK client, an `mcp` SDK server as a process
+upstream (tests/fakes/mcp_server.py), configs/mcp/docs-mcp.yaml applied as the user would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from tests.conftest import REPO
+from tests.integration.gateway_env import Gateway, apply_docs, fetch_token, raw
+
+pytestmark = pytest.mark.usefixtures("loopback_names")
+
+SERVICE_TOKEN = "docs-mcp-upstream-token-0004"
+EXAMPLE = REPO / "configs" / "mcp" / "docs-mcp.yaml"
+
+
+@dataclass
+class McpServer:
+    url: str
+    seen: Path
+
+    def authorizations(self) -> list[str]:
+        return self.seen.read_text().splitlines() if self.seen.exists() else []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def _mcp_server(tmp: Path, mode: str) -> AsyncIterator[McpServer]:
+    port, seen = _free_port(), tmp / f"seen-{mode}.txt"
+    env = {**os.environ, "WARDGATE_MCP_SEEN": str(seen)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes.mcp_server", str(port), mode, cwd=REPO, env=env
+    )
+    try:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the MCP server did not start")
+        yield McpServer(f"http://127.0.0.1:{port}/mcp", seen)
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+def _service(upstream: str, name: str = "docs-mcp") -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["config"]["upstream"]["url"] = upstream
+    return doc
+
+
+@pytest.fixture
+async def sse_server(tmp_path: Path) -> AsyncIterator[McpServer]:
+    async with _mcp_server(tmp_path, "sse") as server:
+        yield server
+
+
+@pytest.fixture
+async def json_server(tmp_path: Path) -> AsyncIterator[McpServer]:
+    async with _mcp_server(tmp_path, "json") as server:
+        yield server
+
+
+@pytest.fixture
+def mcp_gw(gw: Gateway, sse_server: McpServer, json_server: McpServer, tmp_path: Path) -> Iterator[Gateway]:
+    gw.cluster.ctl("create", "secret", "docs-mcp-token", "--value", SERVICE_TOKEN, check=True)
+    apply_docs(gw.cluster, [_service(sse_server.url), _service(json_server.url, "docs-mcp-json")], tmp_path)
+    yield gw
+
+
+@asynccontextmanager
+async def _client(gw: Gateway, service: str, token: str) -> AsyncIterator[Client]:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, verify=gw.ssl_context())
+    async with http, Client(streamable_http_client(gw.cluster.public_url(service) + "/mcp", http_client=http)) as c:
+        yield c
+
+
+async def _tokens(gw: Gateway) -> dict[str, str]:
+    return {
+        "alice": await fetch_token(gw, "alice-oauth", gw.client_secrets["alice"]),
+        "bob": await fetch_token(gw, "bob-oauth", gw.client_secrets["bob"]),
+    }
+
+
+async def _tool_names(gw: Gateway, service: str, token: str) -> set[str]:
+    async with _client(gw, service, token) as client:
+        return {tool.name for tool in (await client.list_tools()).tools}
+
+
+@pytest.mark.parametrize("service", ["docs-mcp", "docs-mcp-json"])
+async def test_tools_list_is_filtered_per_user(mcp_gw: Gateway, service: str) -> None:
+    tokens = await _tokens(mcp_gw)
+    assert await _tool_names(mcp_gw, service, tokens["alice"]) == {"search_docs", "whoami"}
+    assert await _tool_names(mcp_gw, service, tokens["bob"]) == {"search_docs"}
+    async with _client(mcp_gw, service, tokens["bob"]) as client:
+        assert [r.name for r in (await client.list_prompts()).prompts] == ["summarize"]
+        assert [str(r.uri) for r in (await client.list_resources()).resources] == ["docs://readme"]
+
+
+async def test_allowed_and_denied_tool_calls(mcp_gw: Gateway, sse_server: McpServer) -> None:
+    tokens = await _tokens(mcp_gw)
+    async with _client(mcp_gw, "docs-mcp", tokens["bob"]) as client:
+        found = await client.call_tool("search_docs", {"query": "wardgate-secret-query"})
+        assert not found.is_error and found.content[0].text == "found: wardgate-secret-query"  # type: ignore[union-attr]
+        for tool in ("delete_doc", "whoami"):
+            with pytest.raises(MCPError) as denied:
+                await client.call_tool(tool, {"name": "x"} if tool == "delete_doc" else {})
+            assert denied.value.error.code == -32001
+            message = denied.value.error.message
+            assert "Access denied by Wardgate policy" in message and tool in message
+    async with _client(mcp_gw, "docs-mcp", tokens["alice"]) as client:
+        with pytest.raises(MCPError, match="delete_doc"):
+            await client.call_tool("delete_doc", {"name": "x"})  # DENY for everyone, alice in dev and ops too
+    calls = [e for e in mcp_gw.access_log() if e.get("service") == "docs-mcp" and "mcp" in e]
+    logged = [
+        (e["user"], e["mcp"].get("name"), e["mcp"]["decision"]) for e in calls if e["mcp"].get("method") == "tools/call"
+    ]
+    assert logged == [
+        ("bob", "search_docs", "ALLOW"),
+        ("bob", "delete_doc", "DENY"),
+        ("bob", "whoami", "DENY"),
+        ("alice", "delete_doc", "DENY"),
+    ]
+    assert not any("wardgate-secret-query" in orjson.dumps(e).decode() for e in mcp_gw.access_log())
+    assert all("arguments" not in e["mcp"] for e in calls)
+
+
+async def test_the_callers_token_never_reaches_the_mcp_server(mcp_gw: Gateway, sse_server: McpServer) -> None:
+    tokens = await _tokens(mcp_gw)
+    async with _client(mcp_gw, "docs-mcp", tokens["alice"]) as client:
+        answer = await client.call_tool("whoami", {})
+    assert answer.content[0].text == f"Bearer {SERVICE_TOKEN}"  # type: ignore[union-attr]
+    seen = sse_server.authorizations()
+    assert seen and set(seen) == {f"Bearer {SERVICE_TOKEN}"}
+    assert not any(tokens["alice"] in line for line in seen)
+
+
+async def test_unauthenticated_mcp_client_is_told_where_the_metadata_is(mcp_gw: Gateway) -> None:
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    status, headers, _ = await raw(mcp_gw, "POST", "docs-mcp", "/mcp", json=ping)
+    origin = mcp_gw.cluster.public_url("docs-mcp")
+    assert status == 401
+    assert f'resource_metadata="{origin}/.well-known/oauth-protected-resource"' in headers["www-authenticate"]
+    status, _, body = await raw(mcp_gw, "GET", "docs-mcp", "/.well-known/oauth-protected-resource")
+    meta = orjson.loads(body)
+    assert status == 200 and meta["resource"] == origin + "/mcp"
+    assert meta["authorization_servers"] == [mcp_gw.cluster.public_url()]
+    status, _, body = await raw(mcp_gw, "GET", "", "/.well-known/oauth-authorization-server")
+    assert status == 200 and orjson.loads(body)["token_endpoint"].endswith("/oauth2/token")
+
+
+async def test_malformed_json_rpc_is_answered_by_the_gateway(mcp_gw: Gateway, sse_server: McpServer) -> None:
+    token = (await _tokens(mcp_gw))["bob"]
+    before = len(sse_server.authorizations())
+    status, _, body = await raw(
+        mcp_gw, "POST", "docs-mcp", "/mcp", data=b"{not json", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert status == 400 and orjson.loads(body)["error"]["code"] == -32700
+    assert len(sse_server.authorizations()) == before
