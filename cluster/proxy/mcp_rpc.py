@@ -184,9 +184,9 @@ class ResponseFilter:
             return b""
         out = bytearray()
         while match := _EVENT_END.search(self._buffer):
-            event = bytes(self._buffer[: match.start()])
-            del self._buffer[: match.end()]
-            out += self._event(event, match.group())
+            event, end = bytes(self._buffer[: match.start()]), match.group()
+            del self._buffer[: match.end()]  # after reading the match: it reads the buffer it was found in
+            out += self._event(event, end)
         return bytes(out)
 
     def flush(self) -> bytes:

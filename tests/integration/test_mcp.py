@@ -183,3 +183,39 @@ async def test_malformed_json_rpc_is_answered_by_the_gateway(mcp_gw: Gateway, ss
     )
     assert status == 400 and orjson.loads(body)["error"]["code"] == -32700
     assert len(sse_server.authorizations()) == before
+
+
+async def test_a_session_stays_on_the_endpoint_that_created_it_and_with_its_user(
+    mcp_gw: Gateway, sse_server: McpServer, json_server: McpServer, tmp_path: Path
+) -> None:
+    """Two replicas, round robin: without the pin every other request would reach the replica that does not
+    know the session (404 from the SDK server)."""
+    service = _service(sse_server.url, "docs-mcp-ha")
+    del service["spec"]["config"]["upstream"]["url"]
+    service["spec"]["config"]["upstream"]["endpoints"] = [{"url": sse_server.url}, {"url": json_server.url}]
+    apply_docs(mcp_gw.cluster, [service], tmp_path)
+    tokens = await _tokens(mcp_gw)
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {tokens['alice']}"}, verify=mcp_gw.ssl_context())
+    url = mcp_gw.cluster.public_url("docs-mcp-ha") + "/mcp"
+    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+        for i in range(4):
+            found = await client.call_tool("search_docs", {"query": str(i)})
+            assert found.content[0].text == f"found: {i}"  # type: ignore[union-attr]
+    assert sorted([len(sse_server.authorizations()) > 0, len(json_server.authorizations()) > 0]) == [False, True]
+
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    alice = {**accept, "Authorization": f"Bearer {tokens['alice']}"}
+    status, headers, _ = await raw(mcp_gw, "POST", "docs-mcp-ha", "/mcp", json=initialize, headers=alice)
+    assert status == 200 and headers["mcp-session-id"]
+    seen = len(sse_server.authorizations()) + len(json_server.authorizations())
+    bob = {**accept, "Authorization": f"Bearer {tokens['bob']}", "Mcp-Session-Id": headers["mcp-session-id"]}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    status, _, _ = await raw(mcp_gw, "POST", "docs-mcp-ha", "/mcp", json=listing, headers=bob)
+    assert status == 404
+    assert len(sse_server.authorizations()) + len(json_server.authorizations()) == seen
