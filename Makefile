@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 # libatomic1: regopy's shared library links it, and a minimal Debian lacks it (the cluster dies at import).
 APT_PACKAGES := wireguard-go wireguard-tools iproute2 libatomic1
-TEST_APT_PACKAGES := ruby systemd postgresql-15 redis-server
+TEST_APT_PACKAGES := ruby systemd postgresql-15 redis-server chromium
 STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
@@ -32,7 +32,8 @@ apt-packages:
 
 # What only the tests need (tests/test_vagrant.py): ruby evaluates vagrant/Vagrantfile, systemd-analyze
 # verifies the lab's unit files; postgresql-15: the PostgreSQL store and multi-node tests start their own server;
-# redis-server: the quota tests start their own (shared counters, Redis stopped mid-run).
+# redis-server: the quota tests start their own (shared counters, Redis stopped mid-run);
+# chromium: the console's browser test (tests/integration/test_console.py) drives Debian's headless Chromium.
 test-packages:
 	$(call apt_install,$(TEST_APT_PACKAGES))
 

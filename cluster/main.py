@@ -31,6 +31,7 @@ from cluster.api import usage as usage_api
 from cluster.api.agent import AgentApi
 from cluster.api.apex import ApexApp, make_apex_app
 from cluster.api.app import make_admin_app, malformed_requests
+from cluster.api.console import Console
 from cluster.api.health import Readiness
 from cluster.api.login import BrowserLogin
 from cluster.api.oauth import TokenEndpoint
@@ -276,12 +277,28 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     token_endpoint = TokenEndpoint(
         domain=settings.domain, base_url=base_url(settings), cache=cache, tokens=tokens, sessions=sessions
     )
+    console = Console(
+        domain=settings.domain,
+        base_url=base_url(settings),
+        public_port=settings.public.external_port(),
+        tunnel_zone=settings.tunnel.network(settings.domain).dns_zone,
+        tunnel_port=settings.tunnel.http_port,
+        cache=cache,
+        authenticator=authenticator,
+        state=state,
+        admin=AdminAccess(state, settings.domain),
+        sessions=sessions,
+        ledger=meter.ledger,
+        meter=meter,
+        access_log=home.path(settings.log.access_log),
+        node_status=agents.wireguard_status,
+    )
     apex = await ApexApp.start(
         make_apex_app(
             domain=settings.domain,
             node=node,
             access_log=access_log,
-            endpoints=[token_endpoint, login, client_access],
+            endpoints=[token_endpoint, login, client_access, console],
         )
     )
     telemetry = Telemetry(metrics, exporter)
