@@ -35,11 +35,11 @@ from tests.conftest import REPO, RunningCluster, start_cluster, stop_cluster
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
-SECRETS = ("gemini-api-key", "openai-api-key", "deepseek-api-key", "lab-provider-key", "corp-oidc")
+SECRETS = ("gemini-api-key", "openai-api-key", "deepseek-api-key", "lab-provider-key", "corp-oidc", "docs-mcp-token")
 """The Secrets the examples and configs/ name, created first (as the README's first
 `wardgatectl create secret` does), so that a reference to a missing Secret stays a failure."""
 
-CONFIGS = (REPO / "configs" / "resources", REPO / "configs" / "lab")
+CONFIGS = (REPO / "configs" / "resources", REPO / "configs" / "lab", REPO / "configs" / "mcp")
 
 FOREIGN_YAML_KEYS = frozenset({"scrape_configs"})
 """Top-level keys of YAML blocks that configure other tools (Prometheus), not Wardgate."""
