@@ -219,3 +219,26 @@ async def test_a_session_stays_on_the_endpoint_that_created_it_and_with_its_user
     status, _, _ = await raw(mcp_gw, "POST", "docs-mcp-ha", "/mcp", json=listing, headers=bob)
     assert status == 404
     assert len(sse_server.authorizations()) + len(json_server.authorizations()) == seen
+
+
+REDACT = """function onRequest(ctx)
+  if ctx.request.mcp.method == "tools/call" and ctx.request.mcp.name == "search_docs" then
+    local body = json.decode(wardgate.req.getRequestBody())
+    body.params.arguments.query = "redacted " .. ctx.request.mcp.arguments.query:len()
+    wardgate.req.setRequestBody(json.encode(body))
+  end
+end
+"""
+
+
+async def test_plugins_see_the_call_and_may_change_it(mcp_gw: Gateway, sse_server: McpServer, tmp_path: Path) -> None:
+    service = _service(sse_server.url, "docs-mcp-lua")
+    service["spec"]["config"]["http"]["plugins"] = [{"name": "redact", "lua": {"inline": REDACT}}]
+    apply_docs(mcp_gw.cluster, [service], tmp_path)
+    tokens = await _tokens(mcp_gw)
+    async with _client(mcp_gw, "docs-mcp-lua", tokens["bob"]) as client:
+        found = await client.call_tool("search_docs", {"query": "secret"})
+        assert found.content[0].text == "found: redacted 6"  # type: ignore[union-attr]
+        assert {t.name for t in (await client.list_tools()).tools} == {"search_docs"}
+    entry = await mcp_gw.last_log(service="docs-mcp-lua", plugins=["redact"])
+    assert entry["mcp"]["method"] in ("tools/list", "tools/call")
