@@ -4,7 +4,7 @@
         ─▶ the app's own Request over the same connection ─▶ router
         ─▶ access_log_middleware (one line) ─▶ refusal_middleware (the endpoint's dialect) ─▶ route
     routes: /oauth2/token, discovery, /oauth2/jwks (api.oauth) · /login, /login/callback, /logout, / (api.login)
-            · /v1/client/... (api.user) · /healthz
+            · /v1/client/... (api.user) · /console, /console/admin (api.console) · /healthz
 
 Requests for Service hosts never come here: the Gateway tells the bare domain apart by Host first, so the
 adapter adds nothing to their cost.

@@ -209,6 +209,7 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
     assert f"svc\t2\t{prompt}\t{completion}\t" in usage and f"gpt-4o-mini\t2\t{prompt}" in usage, usage
     quotas = await page.inner_text("section[aria-labelledby=quotas]")
     assert "carol-daily" in quotas and "user=carol" in quotas and f"{used} of 100,000" in quotas, quotas
+    await page.click("summary:has-text('How to call svc')")
     await env.shot(page, "console-user")
 
     sdk_session = jwt.decode(token, options={"verify_signature": False})["sub"]
