@@ -104,7 +104,8 @@ class Metering:
     values: list[int] | None = None
     down: str | None = None
     reserved: list[int] = field(default_factory=list)
-    prompt_tokens: int = 0
+    prompt_tokens: int | None = None
+    body: Mapping[str, Any] | None = None
     charged: bool = False
 
     async def current(self) -> Mapping[str, Any]:
@@ -123,9 +124,11 @@ class Metering:
         self, body: Mapping[str, Any], model: str | None, record: AccessRecord
     ) -> Exceeded | Unreachable | None:
         self.price = self.rules.price(model)
-        self.prompt_tokens = self.meter.tokenizer.count_prompt(prompt_text(body)) if body else 0
+        self.body = body
         if not self.counters:
             return None
+        if any(c.limit.measure != "requests" for c in self.counters):
+            self._count_prompt()
         asked = requested_output(body)
         charges: list[Charge] = []
         for c in self.counters:
@@ -133,9 +136,9 @@ class Metering:
             if c.limit.measure == "requests":
                 amount = 1
             elif c.limit.measure == "tokens":
-                amount = self.prompt_tokens + output
+                amount = (self.prompt_tokens or 0) + output
             else:
-                amount = self.price.cost(self.prompt_tokens, output)
+                amount = self.price.cost(self.prompt_tokens or 0, output)
             charges.append(Charge(c.key, amount, c.limit.amount, c.reset))
         if self.down is None:
             try:
@@ -152,6 +155,12 @@ class Metering:
         self.charged, self.reserved, self.values = True, [c.amount for c in charges], charged.values
         return None
 
+    def _count_prompt(self) -> None:
+        """The prompt's tokens, counted only when a token or cost limit or an estimate needs them (a tokenizer
+        pass is not free, and runs on the event loop)."""
+        if self.prompt_tokens is None:
+            self.prompt_tokens = self.meter.tokenizer.count_prompt(prompt_text(self.body)) if self.body else 0
+
     def _unreachable(self, record: AccessRecord) -> Unreachable | None:
         closed = [c.quota.name for c in self.counters if not c.quota.fail_open]
         if closed:
@@ -167,8 +176,9 @@ class Metering:
         called = record.upstream_status is not None
         usage = reported
         if usage is None and called and (record.upstream_status or 500) < 400 and record.model:
+            self._count_prompt()
             output = self.meter.tokenizer.count(produced.decode("utf-8", "replace")) if produced else 0
-            usage = Usage(self.prompt_tokens, output, estimated=True)
+            usage = Usage(self.prompt_tokens or 0, output, estimated=True)
         cost = self.price.cost(usage.input, usage.output, usage.cached) if usage is not None else 0
         if usage is not None:
             record.usage = usage.as_record()

@@ -10,8 +10,9 @@ log = logging.getLogger(__name__)
 
 MESSAGE_OVERHEAD = 4
 """Tokens a chat format adds around a prompt (role markers): a small, deliberate overestimate."""
-MAX_COUNTED = 4 * 1024 * 1024
-"""Longer texts are counted by their length (a tokenizer pass over megabytes would stall the worker)."""
+MAX_COUNTED = 64 * 1024
+"""Longer texts are estimated by their length: a tokenizer pass runs on the event loop, and one over a
+megabyte of prompt would stall every other request of the worker."""
 
 
 class _Encoding(Protocol):
