@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ import openai
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from agent.wg import PrivateKey
+from client.user_api import SessionEnded, UserApi
+from cluster.resources.wire import NodeRegistration, NodeStatus, PeerStatus
 from tests.conftest import RunningCluster, start_cluster, stop_cluster
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.integration.gateway_env import apply_docs, create_credential
@@ -77,6 +81,41 @@ class Env:
         ):
             assert r.status == 200, await r.text()
             return str((await r.json())["access_token"])
+
+    def user_api(self, token: str | None = None) -> UserApi:
+        c = self.cluster
+        client = UserApi(c.domain, f"127.0.0.1:{c.public_port}", str(c.home / "ca.crt"))
+        client.token = token
+        return client
+
+    async def admin_put(self, path: str, body: str) -> None:
+        headers = {"Authorization": f"Bearer {self.cluster.token}", "Content-Type": "application/json"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(self.cluster.url + path, data=body, headers=headers, ssl=self.cluster.ssl_context()) as r,
+        ):
+            assert r.status == 200, await r.text()
+
+    async def devices(self, *names: str) -> list[tuple[str, str, str]]:
+        """A node agent registers; carol's `wardgate` client logs in and connects on each device (an AUTH_TOKEN
+        credential each); the agent reports their peers with a handshake. Per device: its Session, access
+        token and WireGuard key."""
+        node_key = PrivateKey.generate().public_key().to_base64()
+        registration = NodeRegistration(wg_public_key=node_key, listen_port=51820)
+        await self.admin_put("/agent/v1/nodes/node-1", registration.model_dump_json())
+        out, peers = [], []
+        for name in names:
+            auth_token = create_credential(self.cluster, name, "carol", "auth-token")
+            key = PrivateKey.generate().public_key().to_base64()
+            async with self.user_api() as client:
+                grant = await client.login(auth_token)
+                client.token = grant.access_token
+                connected = await client.connect(key)
+            out.append((connected.session, grant.access_token, key))
+            handshake = datetime.now(UTC) - timedelta(seconds=5)
+            peers.append(PeerStatus(public_key=key, session=connected.session, last_handshake=handshake))
+        await self.admin_put("/agent/v1/nodes/node-1/status", NodeStatus(peers=peers).model_dump_json())
+        return out
 
     def sdk(self, service: str, token: str) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -212,6 +251,17 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
     await page.click("summary:has-text('How to call svc')")
     await env.shot(page, "console-user")
 
+    (laptop, laptop_token, laptop_key), (desktop, _, _) = await env.devices("carol-laptop", "carol-desktop")
+    await page.goto(env.apex("/console"))
+    sessions = await page.inner_text("section[aria-labelledby=sessions]")
+    assert f"{laptop}\twardgate client\tWireGuard key {laptop_key[:12]}…, 100.64.0.2\tcarol-laptop" in sessions
+    async with page.expect_navigation():
+        await page.get_by_role("button", name=f"Revoke session {laptop} of carol").click()
+    assert laptop not in await page.inner_text("section[aria-labelledby=sessions]")
+    async with env.user_api(laptop_token) as lost:
+        with pytest.raises(SessionEnded):
+            await lost.session()
+
     sdk_session = jwt.decode(token, options={"verify_signature": False})["sub"]
     revoke = page.get_by_role("button", name=f"Revoke session {sdk_session} of carol")
     await revoke.focus()
@@ -241,7 +291,9 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
     assert "carol" in by_user and "Tokens per group" in by_user
     refusals = await admin.inner_text("section[aria-labelledby=refusals]")
     assert "hidden.wardgate.test" in refusals and "403" in refusals, refusals
-    assert "Nodes" in await admin.inner_text("section[aria-labelledby=nodes]")
+    nodes = await admin.inner_text("section[aria-labelledby=nodes]")
+    assert "node-1\t(the cluster's host):51820" in nodes and "\tyes" in nodes, nodes
+    assert f"carol\t{desktop}\t" in nodes and "100.64.0.3\tnode-1: 20" in nodes and laptop not in nodes, nodes
     await env.shot(admin, "console-admin")
     carol_session = jwt.decode(cookie["value"], options={"verify_signature": False})["sub"]
     await admin.get_by_role("button", name=f"Revoke session {carol_session} of carol").click()
