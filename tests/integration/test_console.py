@@ -295,6 +295,7 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
     assert "node-1\t(the cluster's host):51820" in nodes and "\tyes" in nodes, nodes
     assert f"carol\t{desktop}\t" in nodes and "100.64.0.3\tnode-1: 20" in nodes and laptop not in nodes, nodes
     await env.shot(admin, "console-admin")
+    await others_session(env, context, admin_context)
     carol_session = jwt.decode(cookie["value"], options={"verify_signature": False})["sub"]
     await admin.get_by_role("button", name=f"Revoke session {carol_session} of carol").click()
     await admin.wait_for_url(env.apex("/console/admin"))
@@ -322,3 +323,18 @@ async def forged_posts(env: Env, context: BrowserContext) -> None:
         async with client.post(url, data={"csrf": csrf}, headers=evil, ssl=env.cluster.ssl_context()) as r:
             assert r.status == 403
     assert mine in env.cluster.ctl("get", "sessions", check=True).stdout
+
+
+async def others_session(env: Env, context: BrowserContext, admin_context: BrowserContext) -> None:
+    """carol, with a valid form, cannot revoke ada's Session: the admin policy decides, and says nothing."""
+    carol = next(c["value"] for c in await context.cookies() if c["name"] == "wardgate_session")
+    ada = next(c["value"] for c in await admin_context.cookies() if c["name"] == "wardgate_session")
+    target = jwt.decode(ada, options={"verify_signature": False})["sub"]
+    headers = {"Cookie": f"wardgate_session={carol}", "Origin": env.apex(""), "Sec-Fetch-Site": "same-origin"}
+    async with aiohttp.ClientSession() as client:
+        async with client.get(env.apex("/console"), headers=headers, ssl=env.cluster.ssl_context()) as r:
+            csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
+        url = env.apex(f"/console/sessions/{target}/revoke")
+        async with client.post(url, data={"csrf": csrf}, headers=headers, ssl=env.cluster.ssl_context()) as r:
+            assert r.status == 404 and target not in await r.text()
+    assert target in env.cluster.ctl("get", "sessions", check=True).stdout
