@@ -274,7 +274,7 @@ class Console:
             '<section aria-labelledby="refusals"><h2 id="refusals">Refused in the last hour</h2>'
             + view.table(
                 f"Refused requests ({len(refused)}, newest first)",
-                ["Time", "User", "Host", "Request", "Status", "Reason"],
+                ["Time (UTC)", "User", "Host", "Request", "Status", "Reason"],
                 [
                     [
                         str(e.get("time", ""))[11:19],
@@ -303,7 +303,7 @@ class Console:
                 n.metadata.name,
                 n.spec.endpoint or f"(the cluster's host):{n.spec.listen_port}",
                 n.spec.wg_public_key[:16] + "…",
-                "yes" if reporting else "no report in the last minute",
+                "yes" if reporting else "no report to this worker in the last minute",
             ]
             for n, reporting in nodes
         ]
