@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,9 +50,9 @@ class BodyFilter(Protocol):
         """The status and Content-Type the client gets (None: the upstream's)."""
         ...
 
-    def feed(self, chunk: bytes) -> bytes: ...
+    async def feed(self, chunk: bytes) -> bytes: ...
 
-    def flush(self) -> bytes: ...
+    async def flush(self) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -81,6 +82,9 @@ class Exchange:
     """Rewrites the upstream's answer (no Content-Length then; the upstream is asked for no encoding)."""
     pinned: Endpoint | None = None
     """The one endpoint this request must go to (an MCP session lives on the replica that created it)."""
+    answered: Callable[[Endpoint, Mapping[str, str]], None] | None = None
+    """Called with the endpoint and its headers when an upstream answers, before the client sees the answer
+    (MCP pins the session an endpoint created before the client can use it)."""
     more_lines: list[dict[str, Any]] = field(default_factory=list)
     """Fields of further access-log lines, each the record plus these (an MCP batch: one per call)."""
 

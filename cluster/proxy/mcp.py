@@ -182,8 +182,16 @@ class McpGateway:
                 record.reason = "mcp: the session belongs to another user"
                 return _rpc(error(None, INVALID_REQUEST, "Session not found"), 404)
             ex.pinned = _endpoint(ex, pin.endpoint if pin else None)
+
+        def answered(endpoint: Endpoint, headers: Mapping[str, str]) -> None:
+            created = headers.get(SESSION_HEADER)
+            if created and created != session:
+                self.pins.put(pipe.name, created, Pin(caller.user, endpoint.url))
+
+        ex.answered = answered
         response = await proceed(ex, admission, replace(facts, body=body, raw_path=""))
-        self._remember(ex, pipe.name, caller.user, session, response)
+        if method == "DELETE" and session and response.status < 300:
+            self.pins.drop(pipe.name, session)
         return response
 
     def _refused_all(self, ex: Exchange, calls: list[Call], denied: list[dict[str, Any]], batch: bool) -> web.Response:
@@ -194,18 +202,6 @@ class McpGateway:
             return web.Response(status=202)  # only notifications (or responses): nothing to answer
         ex.record.bytes_out = len(orjson.dumps(denied))
         return _rpc(denied if batch else denied[0])
-
-    def _remember(self, ex: Exchange, service: str, user: str, asked: str | None, response: web.StreamResponse) -> None:
-        if ex.request.method == "DELETE" and asked and response.status < 300:
-            self.pins.drop(service, asked)
-            return
-        created = response.headers.get(SESSION_HEADER)
-        attempts = ex.record.attempts
-        if created and created != asked and attempts:
-            netloc = attempts[-1].endpoint
-            endpoint = next((e.url for e in ex.route.endpoints if e.netloc == netloc), None)
-            if endpoint is not None:
-                self.pins.put(service, created, Pin(user, endpoint))
 
     @staticmethod
     def _decider(
@@ -233,12 +229,22 @@ class McpGateway:
         facts: RequestFacts,
         pipe: ServicePipeline,
         usage: Mapping[str, Any] | None,
-    ) -> Callable[[str, str], bool]:
-        """Whether a listed item is shown: decided as the call of it with empty arguments."""
+    ) -> Callable[[list[tuple[str, str]]], Awaitable[list[bool]]]:
+        """Whether listed items are shown: each decided as the call of it with empty arguments."""
+        rego = state.needs_rego(pipe, caller.user)
 
-        def may(method: str, name: str) -> bool:
-            mcp = {"method": method, "name": name, "arguments": {}}
-            return isinstance(admit(state, caller, facts, pipe.name, usage, mcp), Admission)
+        def decide(calls: list[tuple[str, str]]) -> list[bool]:
+            return [
+                isinstance(
+                    admit(state, caller, facts, pipe.name, usage, {"method": m, "name": n, "arguments": {}}), Admission
+                )
+                for m, n in calls
+            ]
+
+        async def may(calls: list[tuple[str, str]]) -> list[bool]:
+            if rego:  # a page of a list may be many decisions: off the event loop, as every Rego decision
+                return await asyncio.get_running_loop().run_in_executor(None, decide, calls)
+            return decide(calls)
 
         return may
 

@@ -12,7 +12,7 @@ The flow:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,8 +133,9 @@ def _key(id_: Any) -> bytes:
     return orjson.dumps(id_)
 
 
-Allowed = Callable[[str, str], bool]
-"""Whether the caller may make this call (method, name) with empty arguments."""
+Allowed = Callable[[list[tuple[str, str]]], Awaitable[list[bool]]]
+"""Whether the caller may make each of these calls (method, name) with empty arguments: decided together, so
+that the gateway can take them off the event loop when its policies run Rego."""
 
 
 class ResponseFilter:
@@ -170,7 +171,7 @@ class ResponseFilter:
         self._mode = "sse" if "text/event-stream" in content_type.lower() else "json"
         return status, None
 
-    def feed(self, chunk: bytes) -> bytes:
+    async def feed(self, chunk: bytes) -> bytes:
         if self._mode == "raw":
             return chunk
         if self._mode == "accepted" or self._overflow:
@@ -186,10 +187,10 @@ class ResponseFilter:
         while match := _EVENT_END.search(self._buffer):
             event, end = bytes(self._buffer[: match.start()]), match.group()
             del self._buffer[: match.end()]  # after reading the match: it reads the buffer it was found in
-            out += self._event(event, end)
+            out += await self._event(event, end)
         return bytes(out)
 
-    def flush(self) -> bytes:
+    async def flush(self) -> bytes:
         if self._mode == "raw":
             return b""
         if self._overflow:
@@ -197,8 +198,8 @@ class ResponseFilter:
         if self._mode == "accepted":
             return orjson.dumps(self._denied if self._batch else self._denied[0])
         if self._mode == "json":
-            return self._json(bytes(self._buffer))
-        out = bytearray(self._event(bytes(self._buffer), b"\n\n")) if self._buffer.strip() else bytearray()
+            return await self._json(bytes(self._buffer))
+        out = bytearray(await self._event(bytes(self._buffer), b"\n\n")) if self._buffer.strip() else bytearray()
         for err in self._denied:
             out += b"event: message\ndata: " + orjson.dumps(err) + b"\n\n"
         return bytes(out)
@@ -210,15 +211,15 @@ class ResponseFilter:
             return b"".join(b"event: message\ndata: " + orjson.dumps(e) + b"\n\n" for e in errors)
         return orjson.dumps(errors if self._batch or len(errors) > 1 else errors[0])
 
-    def _json(self, data: bytes) -> bytes:
+    async def _json(self, data: bytes) -> bytes:
         try:
             value = orjson.loads(data) if data.strip() else None
         except orjson.JSONDecodeError:
             return data
         if isinstance(value, list):
-            value = [self._message(m) for m in value] + self._denied
+            value = [await self._message(m) for m in value] + self._denied
         elif isinstance(value, dict):
-            value = self._message(value)
+            value = await self._message(value)
             if self._denied:
                 value = [value, *self._denied]
         elif value is None and self._denied:
@@ -227,7 +228,7 @@ class ResponseFilter:
             return data
         return orjson.dumps(value)
 
-    def _event(self, event: bytes, end: bytes) -> bytes:
+    async def _event(self, event: bytes, end: bytes) -> bytes:
         lines = _LINE.split(event)
         data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
         if not data:
@@ -236,14 +237,14 @@ class ResponseFilter:
             message = orjson.loads(b"\n".join(data))
         except orjson.JSONDecodeError:
             return event + end
-        filtered = self._message(message)
+        filtered = await self._message(message)
         if filtered is message:
             return event + end
         newline = end[: len(end) // 2]
         kept = [line for line in lines if not line.startswith(b"data:")]
         return newline.join([*kept, b"data: " + orjson.dumps(filtered)]) + end
 
-    def _message(self, message: Any) -> Any:
+    async def _message(self, message: Any) -> Any:
         """A list result with only the items the caller may call; any other message as it is."""
         if not isinstance(message, dict) or "result" not in message:
             return message
@@ -255,13 +256,9 @@ class ResponseFilter:
         items = result.get(key)
         if not isinstance(items, list):
             return message
-        kept = [i for i in items if isinstance(i, dict) and self._may(call, i.get(field_))]
+        named = [(i, i.get(field_)) for i in items if isinstance(i, dict)]
+        asked = list(dict.fromkeys((call, n) for _, n in named if isinstance(n, str) and (call, n) not in self._seen))
+        if asked:
+            self._seen.update(zip(asked, await self._allowed(asked), strict=True))
+        kept = [i for i, n in named if isinstance(n, str) and self._seen[(call, n)]]
         return {**message, "result": {**result, key: kept}}
-
-    def _may(self, method: str, name: Any) -> bool:
-        if not isinstance(name, str):
-            return False
-        seen = self._seen.get((method, name))
-        if seen is None:
-            seen = self._seen[(method, name)] = self._allowed(method, name)
-        return seen

@@ -228,6 +228,8 @@ class Upstream:
                 ) as upstream,
             ):
                 status = ex.record.upstream_status = upstream.status
+                if ex.answered is not None:
+                    ex.answered(endpoint, upstream.headers)
                 first: bytes | None = None
                 if plan is not None:
                     first = await _before_commit(upstream, plan, started)
@@ -303,7 +305,7 @@ class Upstream:
             status, content_type = ex.body_filter.head(status, upstream.headers.get("Content-Type", ""))
             if content_type is not None:
                 headers["Content-Type"] = content_type
-            data = bytearray(ex.body_filter.feed(bytes(data)) + ex.body_filter.flush())
+            data = bytearray(await ex.body_filter.feed(bytes(data)) + await ex.body_filter.flush())
         ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
         for name, value in route.add_response_headers:
             headers[name] = value
@@ -351,20 +353,20 @@ class Upstream:
             if first:
                 ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
                 out = tap.feed(first)
-                await response.write(rewrite.feed(out) if rewrite is not None else out)
+                await response.write(await rewrite.feed(out) if rewrite is not None else out)
                 sent = len(first)
             async for chunk in upstream.content.iter_any():
                 if sent == 0:
                     ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
                 out = tap.feed(chunk)  # the chunk; without the usage chunk the gateway asked for (ex.strip_usage)
                 if rewrite is not None:
-                    out = rewrite.feed(out)
+                    out = await rewrite.feed(out)
                 if out:
                     await response.write(out)
                 sent += len(chunk)
             rest = tap.flush()
             if rewrite is not None:
-                rest = rewrite.feed(rest) + rewrite.flush()
+                rest = await rewrite.feed(rest) + await rewrite.flush()
             if rest:
                 await response.write(rest)
         except (aiohttp.ClientError, TimeoutError) as exc:
