@@ -131,7 +131,7 @@ async def test_collector_down_keeps_requests_fast_and_counts_drops(
                 (
                     x
                     for x in _metrics(gw).splitlines()
-                    if x.startswith('wardgate_telemetry_dropped_total{signal="logs"}')
+                    if x.startswith("wardgate_telemetry_dropped_total{") and 'signal="logs"' in x
                 ),
                 None,
             )
