@@ -15,7 +15,7 @@ import base64
 import binascii
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 import orjson
 from aiohttp import web
@@ -26,6 +26,7 @@ from cluster.identity import credentials
 from cluster.identity.sessions import CLIENTLESS_TTL, SessionService
 from cluster.identity.tokens import TokenService
 from cluster.resources.credential import Credential, CredentialType
+from cluster.resources.service import Service
 from cluster.resources.session import SessionType
 from cluster.resources.user import User
 from cluster.store.cache import ResourceCache
@@ -105,6 +106,7 @@ class TokenEndpoint:
             raise OAuthError(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
         credential = self._verify_client(client_id, secret)
         entry["user"] = credential.spec.user
+        audience = self._resource(form["resource"]) if "resource" in form else None
         try:
             session = await self._sessions.open(
                 credential.spec.user, SessionType.CLIENTLESS, CLIENTLESS_TTL, credential=credential
@@ -112,12 +114,35 @@ class TokenEndpoint:
         except Unavailable as exc:
             raise OAuthError(503, "temporarily_unavailable", "try again shortly", str(exc)) from None
         ttl = max(1.0, (session.spec.expires_at - datetime.now(UTC)).total_seconds())
-        token, _ = self._tokens.issue(session.metadata.name, credential.spec.user, ttl)
+        token, _ = self._tokens.issue(session.metadata.name, credential.spec.user, ttl, audience=audience)
         entry["session"] = session.metadata.name
         body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": int(ttl)}
         if form.get("scope"):
             body["scope"] = form["scope"]
         return _json(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _resource(self, value: str) -> str:
+        """The audience of a token asked for one resource (RFC 8707): an MCP Service's endpoint,
+        `https://<service>.<domain>[:port]/mcp`, normalised as the gateway compares it (lower case, no :443)."""
+        parts = urlsplit(value)
+        host = (parts.hostname or "").lower()
+        suffix = "." + self._domain
+        service = self._cache.get("Service", host[: -len(suffix)]) if host.endswith(suffix) else None
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (
+            parts.scheme != "https"
+            or parts.path != "/mcp"
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+            or not isinstance(service, Service)
+            or service.spec.mode != "MCP"
+        ):
+            raise OAuthError(400, "invalid_target", "resource is not the endpoint of an MCP Service of this cluster")
+        return f"https://{host}" + (f":{port}" if port is not None and port != 443 else "") + "/mcp"
 
     def _client_auth(self, request: web.Request, form: dict[str, str]) -> tuple[str, str]:
         header = request.headers.get("Authorization", "")

@@ -85,14 +85,15 @@ class Authenticator:
             raise Unauthenticated(f"user {name!r} is disabled")
         return user
 
-    def from_token(self, token: str) -> Identity:
-        """Identify a bearer token or cookie value; Unauthenticated says why not (for the log)."""
+    def from_token(self, token: str, resource: str | None = None) -> Identity:
+        """Identify a bearer token or cookie value; Unauthenticated says why not (for the log). `resource` is
+        where it is used (a Service's MCP endpoint): a token issued for one resource is good only there."""
         if not _TOKEN.fullmatch(token):
             # Bytes a client sent that are not UTF-8 arrive as surrogates; never let them reach the decoders.
             raise Unauthenticated("malformed token")
         if token.startswith(credentials.PREFIX + "."):
             return self._from_credential_token(token)
-        claims = self._tokens.verify(token)
+        claims = self._tokens.verify(token, resource=resource)
         session = self._cache.get("Session", claims.session)
         if not isinstance(session, Session):
             raise Unauthenticated(f"session {claims.session!r} was revoked or has ended")

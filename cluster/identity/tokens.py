@@ -37,6 +37,9 @@ class Claims:
     user: str
     expires_at: float
     token_id: str
+    audience: str | None = None
+    """None: the cluster's own audience (`https://<domain>`), good everywhere; else the one resource (an MCP
+    Service's endpoint, RFC 8707) the token was issued for, and good only there."""
 
 
 class SigningKey:
@@ -70,12 +73,15 @@ class TokenService:
         self._verified: OrderedDict[str, Claims] = OrderedDict()
         self._cache_size = cache_size
 
-    def issue(self, session: str, user: str, ttl: float, now: float | None = None) -> tuple[str, float]:
+    def issue(
+        self, session: str, user: str, ttl: float, now: float | None = None, audience: str | None = None
+    ) -> tuple[str, float]:
+        """A token for the cluster, or with `audience` for that one resource only."""
         issued = now if now is not None else time.time()
         expires = issued + ttl
         claims: dict[str, Any] = {
             "iss": self.issuer,
-            "aud": self.issuer,
+            "aud": audience or self.issuer,
             "sub": session,
             "usr": user,
             "iat": int(issued),
@@ -86,15 +92,16 @@ class TokenService:
         token = jwt.encode(claims, self.key.private, algorithm=ALGORITHM, headers={"kid": self.key.kid})
         return token, float(int(expires))
 
-    def verify(self, token: str, now: float | None = None) -> Claims:
-        """The token's claims, or Unauthenticated with the reason (for logs)."""
+    def verify(self, token: str, now: float | None = None, resource: str | None = None) -> Claims:
+        """The token's claims, or Unauthenticated with the reason (for logs). A token issued for one resource
+        is valid only when `resource` (where it is used) is that resource."""
         current = now if now is not None else time.time()
         cached = self._verified.get(token)
         if cached is not None:
             if cached.expires_at + LEEWAY_SECONDS <= current:
                 self._verified.pop(token, None)
                 raise Unauthenticated("token expired")
-            return cached
+            return _for(cached, resource)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -108,10 +115,13 @@ class TokenService:
                 token,
                 self.key.public,
                 algorithms=[ALGORITHM],
-                audience=self.issuer,
                 issuer=self.issuer,
                 leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_sub": True},
+                options={
+                    "require": ["exp", "iat", "iss", "aud", "sub", "jti"],
+                    "verify_sub": True,
+                    "verify_aud": False,  # checked below: the cluster's audience, or one resource
+                },
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("token expired") from None
@@ -119,8 +129,23 @@ class TokenService:
             raise Unauthenticated(f"invalid token ({exc})") from None
         if not isinstance(raw.get("usr"), str):
             raise Unauthenticated("invalid token (no user claim)")
-        claims = Claims(session=raw["sub"], user=raw["usr"], expires_at=float(raw["exp"]), token_id=raw["jti"])
+        audience = raw["aud"]
+        if not isinstance(audience, str):
+            raise Unauthenticated("invalid token (audience is not one string)")
+        claims = Claims(
+            session=raw["sub"],
+            user=raw["usr"],
+            expires_at=float(raw["exp"]),
+            token_id=raw["jti"],
+            audience=None if audience == self.issuer else audience,
+        )
         self._verified[token] = claims
         if len(self._verified) > self._cache_size:
             self._verified.popitem(last=False)
-        return claims
+        return _for(claims, resource)
+
+
+def _for(claims: Claims, resource: str | None) -> Claims:
+    if claims.audience is not None and claims.audience != resource:
+        raise Unauthenticated(f"token issued for {claims.audience}, not for this resource")
+    return claims

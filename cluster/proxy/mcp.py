@@ -54,9 +54,10 @@ Proceed = Callable[[Exchange, Admission, RequestFacts], Awaitable[web.StreamResp
 
 def origin(scheme: str, host: str, request_host: str) -> str:
     """`scheme://host[:port]` as the client addressed it (`host` is the checked name; only a numeric port
-    is taken from the Host header)."""
+    is taken from the Host header, and not the scheme's default)."""
     port = request_host.rpartition(":")[2] if ":" in request_host else ""
-    return f"{scheme}://{host}" + (f":{port}" if port.isdigit() else "")
+    default = (scheme, port) in (("https", "443"), ("http", "80"))
+    return f"{scheme}://{host}" + (f":{port}" if port.isdigit() and not default else "")
 
 
 def challenge(service_origin: str, realm: str) -> str:

@@ -76,7 +76,10 @@ def bearer_or_cookie(authenticator: Authenticator) -> Identify:
                 raise Unauthenticated("Authorization is not `Bearer <token>`")
             if not token.isascii() or not token.isprintable():
                 raise Unauthenticated("malformed bearer token")
-            return authenticator.from_token(token)
+            # A token issued for one MCP Service (RFC 8707 `resource`) is good only at that Service's endpoint.
+            host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")
+            resource = mcp_mode.origin("https", host, request.host or "") + mcp_mode.ENDPOINT
+            return authenticator.from_token(token, resource)
         cookie = session_cookie(request.headers.getall("Cookie", ()))
         if cookie:
             return authenticator.from_token(cookie)

@@ -17,6 +17,8 @@ import httpx2
 import orjson
 import pytest
 import yaml
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.httpx_client import AsyncOAuth2Client
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -242,3 +244,28 @@ async def test_plugins_see_the_call_and_may_change_it(mcp_gw: Gateway, sse_serve
         assert {t.name for t in (await client.list_tools()).tools} == {"search_docs"}
     entry = await mcp_gw.last_log(service="docs-mcp-lua", plugins=["redact"])
     assert entry["mcp"]["method"] in ("tools/list", "tools/call")
+
+
+async def test_a_token_asked_for_one_mcp_service_is_good_only_there(mcp_gw: Gateway) -> None:
+    resource = mcp_gw.cluster.public_url("docs-mcp") + "/mcp"
+    async with AsyncOAuth2Client(
+        client_id="bob-oauth", client_secret=mcp_gw.client_secrets["bob"], verify=mcp_gw.ssl_context()
+    ) as oauth:
+        bound = (await oauth.fetch_token(mcp_gw.token_url(), grant_type="client_credentials", resource=resource))[
+            "access_token"
+        ]
+        with pytest.raises(OAuthError, match="invalid_target"):
+            await oauth.fetch_token(
+                mcp_gw.token_url(),
+                grant_type="client_credentials",
+                resource=mcp_gw.cluster.public_url("my-api") + "/mcp",
+            )
+    assert await _tool_names(mcp_gw, "docs-mcp", bound) == {"search_docs"}
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    elsewhere = {"Authorization": f"Bearer {bound}"}
+    status, _, _ = await raw(mcp_gw, "POST", "docs-mcp-json", "/mcp", json=ping, headers=elsewhere)
+    assert status == 401
+    status, _, _ = await raw(mcp_gw, "POST", "my-api", "/chat/completions", json={}, headers=elsewhere)
+    assert status == 401
+    entry = await mcp_gw.last_log(service="docs-mcp-json", status=401)
+    assert "not for this resource" in entry["reason"]
