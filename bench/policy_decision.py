@@ -30,7 +30,7 @@ from cluster.policy import cel
 from cluster.policy.engine import EvalInput, RuleSet, compile_authorization, evaluate
 from cluster.policy.reasons import Reason
 from cluster.policy.rego import RegoInput, compile_rego
-from cluster.resources.common import Authorization
+from cluster.resources.policy import Authorization
 
 BUDGET_US = 333.0
 

@@ -14,11 +14,11 @@ from cluster.api.policy_eval import evaluate as evaluate_policy
 from cluster.api.state import CHECK_EXPRESSION, POLICY_EVAL, PROPAGATION, STORE
 from cluster.errors import Invalid, NotFound
 from cluster.identity import credentials
-from cluster.resources.common import parse_duration
 from cluster.resources.credential import Credential, CredentialType
 from cluster.resources.kinds import AnyResource, plural_to_kind, public_view
 from cluster.resources.manifest import ManifestError, validate_document
 from cluster.resources.session import Session
+from cluster.resources.types import parse_duration
 from cluster.store import Create, Delete, Op, Update
 
 routes = web.RouteTableDef()

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from cluster.plugins.registry import check_plugin as build_check
-from cluster.resources.common import Authorization, Rule
 from cluster.resources.kinds import AnyResource
-from cluster.resources.policy import Policy
+from cluster.resources.policy import Authorization, Policy, Rule
 from cluster.resources.service import Plugin, Service, condition_expressions
 from cluster.resources.user import Group, User
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from cluster.authorize.state import GatewayState
 from cluster.errors import Invalid, Unavailable
-from cluster.resources.common import parse_duration
+from cluster.resources.types import parse_duration
 from cluster.usage.ledger import BY, Ledger
 from cluster.usage.meter import Meter
 from cluster.usage.rules import NANO, QuotaRule

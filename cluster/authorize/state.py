@@ -31,10 +31,9 @@ from cluster.policy.engine import (
     condition_reads_body,
     condition_uses_rego,
 )
-from cluster.resources.common import Scope
 from cluster.resources.credential import Secret
 from cluster.resources.kinds import AnyResource
-from cluster.resources.policy import Policy
+from cluster.resources.policy import Policy, Scope
 from cluster.resources.pricing import Pricing
 from cluster.resources.quota import Quota
 from cluster.resources.service import Service, ServiceConfig

@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cluster.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unavailable
 from cluster.identity.authenticate import Identity
-from cluster.resources.common import Duration
 from cluster.resources.credential import Credential
 from cluster.resources.node import AddressLease, lease_name
 from cluster.resources.session import Session, SessionType
+from cluster.resources.types import Duration
 from cluster.resources.user import User
 from cluster.resources.wire import TunnelNetwork
 from cluster.store import Create, Op, Store, Update

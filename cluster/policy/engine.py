@@ -47,7 +47,7 @@ from typing import overload
 
 from cluster.policy import cel, rego
 from cluster.policy.reasons import Reason
-from cluster.resources.common import Authorization, Condition, Effect, PolicySpec, Scope
+from cluster.resources.policy import Authorization, Condition, Effect, PolicySpec, Scope
 
 __all__ = [
     "CompiledCondition",

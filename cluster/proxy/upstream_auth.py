@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import aiohttp
 
 from cluster.errors import Unavailable
-from cluster.resources.common import SecretRef
 from cluster.resources.service import OAuth2ClientCredentialsAuth, UpstreamAuth
+from cluster.resources.types import SecretRef
 
 
 def secret_value(secrets: Mapping[str, Mapping[str, str]], ref: SecretRef) -> str:

@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from cluster.resources.common import SecretRef
 from cluster.resources.meta import EmptyStatus, Model, Resource
+from cluster.resources.types import SecretRef
 
 
 class IdentityProviderSpec(Model):

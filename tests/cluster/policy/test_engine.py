@@ -23,7 +23,7 @@ from cluster.policy.engine import (
 )
 from cluster.policy.reasons import Reason
 from cluster.policy.rego import RegoCompileError
-from cluster.resources.common import Authorization, Condition, Effect, PolicySpec
+from cluster.resources.policy import Authorization, Condition, Effect, PolicySpec
 
 ALLOW, DENY = Effect.ALLOW, Effect.DENY
 MATCH, NO_MATCH, ERROR = Reason.RULE_MATCH, Reason.NO_MATCH, Reason.CONDITION_ERROR
