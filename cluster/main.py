@@ -29,12 +29,12 @@ import uvloop
 from cluster.api import health
 from cluster.api import usage as usage_api
 from cluster.api.agent import AgentApi
-from cluster.api.apex import ApexApp, make_apex_app
 from cluster.api.app import make_admin_app, malformed_requests
 from cluster.api.console import Console
 from cluster.api.health import Readiness
 from cluster.api.login import BrowserLogin
 from cluster.api.oauth import TokenEndpoint
+from cluster.api.site import SiteApp, make_site_app
 from cluster.api.user import ClientAccess
 from cluster.authorize.holder import StateHolder
 from cluster.authorize.offpath import AdminAccess, PolicyEvaluation
@@ -293,8 +293,8 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         access_log=home.path(settings.log.access_log),
         node_status=agents.wireguard_status,
     )
-    apex = await ApexApp.start(
-        make_apex_app(
+    site = await SiteApp.start(
+        make_site_app(
             domain=settings.domain,
             node=node,
             access_log=access_log,
@@ -312,7 +312,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         state=state,
         upstream=Upstream(client, "https", assertions, balancer),
         access_log=access_log,
-        apex=apex,
+        site=site,
         node=node,
         telemetry=telemetry,
         live=live,
@@ -393,7 +393,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         if admin_listener is not None:
             admin_listener.close()
         await admin_runner.cleanup()
-        await apex.aclose()
+        await site.aclose()
         await client.close()
         await state.plugins.aclose()
         await meter.counters.close()

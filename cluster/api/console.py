@@ -29,8 +29,8 @@ from yarl import URL
 
 from cluster.api import console_data as data
 from cluster.api import console_view as view
-from cluster.api.apex_log import Refused, route
 from cluster.api.auth import AdminPolicy
+from cluster.api.site_log import Refused, route
 from cluster.authorize.state import GatewayState
 from cluster.errors import Forbidden, Unauthenticated, Unavailable
 from cluster.identity.authenticate import SESSION_COOKIE, Authenticator, Identity, session_cookie

@@ -11,7 +11,7 @@
         ─▶ cookie `wardgate_session` for `<domain>` and its subdomains ─▶ 302 to rd
     GET|POST /logout ─▶ the Session named by the cookie's token is revoked ─▶ cookie cleared
 
-Every request writes one access-log line (api.apex_log); a refusal carries its reason there, and the
+Every request writes one access-log line (api.site_log); a refusal carries its reason there, and the
 browser gets a plain page without it.
 """
 
@@ -32,7 +32,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 from aiohttp import web
 
-from cluster.api.apex_log import Refused, route
+from cluster.api.site_log import Refused, route
 from cluster.errors import Unauthenticated, Unavailable
 from cluster.identity.authenticate import SESSION_COOKIE, Authenticator
 from cluster.identity.oidc import OidcClient, OidcError, Provider, authorization_url

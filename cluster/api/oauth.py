@@ -20,7 +20,7 @@ from urllib.parse import unquote_plus, urlsplit
 import orjson
 from aiohttp import web
 
-from cluster.api.apex_log import Refused, oauth_error, route
+from cluster.api.site_log import Refused, oauth_error, route
 from cluster.errors import Unavailable
 from cluster.identity import credentials
 from cluster.identity.sessions import CLIENTLESS_TTL, SessionService

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from cluster.api.apex_log import route
 from cluster.api.errors import error_response
+from cluster.api.site_log import route
 from cluster.errors import Invalid, Unauthenticated, Unavailable
 from cluster.identity import credentials
 from cluster.identity.addresses import AddressAllocator, TunnelSettings, session_is_live

@@ -112,7 +112,7 @@ class Gateway:
         state: Callable[[], GatewayState],
         upstream: Upstream,
         access_log: AccessLog,
-        apex: Handler,
+        site: Handler,
         node: str,
         telemetry: Telemetry | None = None,
         live: LiveConnections | None = None,
@@ -125,7 +125,7 @@ class Gateway:
         self._state = state
         self._upstream = upstream
         self._log = access_log
-        self._apex = apex
+        self._site = site
         self._node = node
         self._telemetry = telemetry
         self._live = live
@@ -136,7 +136,7 @@ class Gateway:
         if not (host.isascii() and host.isprintable()):
             host = ""  # bytes that are not a host name (not UTF-8: surrogates) never reach the record or a log
         if host == self._domain:
-            return await self._apex(request)
+            return await self._site(request)
         telemetry = self._telemetry
         trust = telemetry is not None and telemetry.exporter.settings.trust_incoming_traceparent
         trace = new_trace(request.headers.get("traceparent"), trust)

@@ -41,7 +41,7 @@ _IP_FREEBIND = 15  # linux/in.h: bind before the agent has put the address on th
 _IPV6_FREEBIND = 78  # linux/in6.h
 
 
-async def _no_apex(request: web.BaseRequest) -> web.StreamResponse:
+async def _no_site(request: web.BaseRequest) -> web.StreamResponse:
     refused = Refused.NOT_ON_TUNNEL
     return openai_error(refused.status, refused.message, refused.kind, refused.code)
 
@@ -80,7 +80,7 @@ def tunnel_gateway(
         state=state,
         upstream=upstream,
         access_log=access_log,
-        apex=_no_apex,
+        site=_no_site,
         node=node,
         telemetry=telemetry,
         live=live,

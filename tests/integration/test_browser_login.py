@@ -129,7 +129,7 @@ class Env:
     def service_url(self, path: str = "/v1/models") -> str:
         return self.cluster.public_url("svc") + path
 
-    def apex(self, path: str) -> str:
+    def site_url(self, path: str) -> str:
         return self.cluster.public_url() + path
 
     def log(self, event: str | None = None) -> list[dict[str, Any]]:
@@ -171,7 +171,7 @@ class Env:
     ) -> tuple[str, dict[str, str]]:
         """From /login to the IdP's redirect back: the callback URL and the authorize request's parameters."""
         query = f"?idp={idp}" if idp else ""
-        login = await self.get(client, self.apex("/login" + query))
+        login = await self.get(client, self.site_url("/login" + query))
         assert login.status == 302, login.body
         assert login.location.startswith((idp_url or self.idp_url) + "/oauth2/authorize?")
         params = {k: v[0] for k, v in parse_qs(urlsplit(login.location).query).items()}
@@ -262,14 +262,14 @@ async def test_browser_login_reaches_the_service_and_logout_ends_the_session(env
     async with env.browser() as browser:
         first = await env.get(browser, env.service_url("/v1/models?limit=2"))
         assert first.status == 302
-        assert first.location.startswith(env.apex("/login?rd="))
+        assert first.location.startswith(env.site_url("/login?rd="))
         assert parse_qs(urlsplit(first.location).query) == {"rd": [env.service_url("/v1/models?limit=2")]}
 
         login = await env.get(browser, first.location)
         assert login.status == 302 and login.location.startswith(env.idp_url + "/oauth2/authorize?")
         params = {k: v[0] for k, v in parse_qs(urlsplit(login.location).query).items()}
         assert params["response_type"] == "code" and params["client_id"] == CLIENT_ID
-        assert params["redirect_uri"] == env.apex("/login/callback")
+        assert params["redirect_uri"] == env.site_url("/login/callback")
         assert params["code_challenge_method"] == "S256" and len(params["code_challenge"]) == 43
         assert len(params["state"]) >= 32 and len(params["nonce"]) >= 32 and "openid" in params["scope"].split()
         binding_name = next(c.split("=")[0] for c in login.set_cookies if c.startswith("wardgate_login_"))
@@ -278,7 +278,7 @@ async def test_browser_login_reaches_the_service_and_logout_ends_the_session(env
         assert binding["path"] == "/login/callback" and not binding["domain"]
 
         callback_url = await env.authorize(browser, login.location, CAROL)
-        assert callback_url.startswith(env.apex("/login/callback?"))
+        assert callback_url.startswith(env.site_url("/login/callback?"))
         callback = await env.get(browser, callback_url)
         assert callback.status == 302, callback.body
         assert callback.location == env.service_url("/v1/models?limit=2")
@@ -307,10 +307,10 @@ async def test_browser_login_reaches_the_service_and_logout_ends_the_session(env
         session = env.cluster.ctl("get", "session", claims["sub"], "-o", "json", check=True).stdout
         assert json.loads(session)["spec"]["type"] == "CLIENTLESS"
 
-        home = await env.get(browser, env.apex("/"))
+        home = await env.get(browser, env.site_url("/"))
         assert home.status == 200 and "signed in as carol" in home.body
 
-        logout = await env.get(browser, env.apex("/logout"))
+        logout = await env.get(browser, env.site_url("/logout"))
         assert logout.status == 200 and "text/html" in logout.content_type
         cleared = logout.cookie("wardgate_session")
         assert cleared is not None and cleared.value == "" and cleared["max-age"] == "0"
@@ -319,7 +319,7 @@ async def test_browser_login_reaches_the_service_and_logout_ends_the_session(env
     async with aiohttp.ClientSession() as stale:
         replay = {"Cookie": f"wardgate_session={token}"}
         html = await env.get(stale, env.service_url(), headers=replay)
-        assert html.status == 302 and html.location.startswith(env.apex("/login?rd="))
+        assert html.status == 302 and html.location.startswith(env.site_url("/login?rd="))
         async with stale.get(env.service_url(), headers=replay, ssl=env.tls()) as api:
             assert api.status == 401
     assert len(env.upstream.requests) == 1
@@ -356,7 +356,7 @@ async def test_replayed_code_in_a_new_login_is_refused_by_the_idp(env: Env) -> N
         old_code = parse_qs(urlsplit(first_url).query)["code"][0]
         second_url, params = await env.to_callback(browser)
         assert parse_qs(urlsplit(second_url).query)["code"][0] != old_code
-        spliced = env.apex(f"/login/callback?code={quote(old_code)}&state={quote(params['state'])}")
+        spliced = env.site_url(f"/login/callback?code={quote(old_code)}&state={quote(params['state'])}")
         refused = await env.get(browser, spliced)
     assert refused.status == 400 and refused.cookie("wardgate_session") is None
     entry = env.log("callback")[-1]
@@ -370,7 +370,7 @@ async def test_code_injected_into_another_login_is_refused(env: Env) -> None:
         victim_code = parse_qs(urlsplit(victim_url).query)["code"][0]
         _, params = await env.to_callback(browser)
         injected = await env.get(
-            browser, env.apex(f"/login/callback?code={quote(victim_code)}&state={quote(params['state'])}")
+            browser, env.site_url(f"/login/callback?code={quote(victim_code)}&state={quote(params['state'])}")
         )
     assert injected.status == 400 and injected.cookie("wardgate_session") is None
     (exchange,) = env.tap.token_requests()
@@ -381,8 +381,8 @@ async def test_code_injected_into_another_login_is_refused(env: Env) -> None:
 
 async def test_forged_or_foreign_state_is_refused(env: Env) -> None:
     async with env.browser() as browser:
-        forged = await env.get(browser, env.apex("/login/callback?state=forged-state&code=abc"))
-        missing = await env.get(browser, env.apex("/login/callback?code=abc"))
+        forged = await env.get(browser, env.site_url("/login/callback?state=forged-state&code=abc"))
+        missing = await env.get(browser, env.site_url("/login/callback?code=abc"))
         callback_url, _ = await env.to_callback(browser)
     async with env.browser() as other_browser:
         stolen = await env.get(other_browser, callback_url)
@@ -410,7 +410,7 @@ async def test_forged_or_foreign_state_is_refused(env: Env) -> None:
 )
 async def test_return_url_outside_the_domain_is_not_followed(env: Env, rd: str) -> None:
     async with env.browser() as browser:
-        refused = await env.get(browser, env.apex("/login?rd=" + quote(rd, safe="")))
+        refused = await env.get(browser, env.site_url("/login?rd=" + quote(rd, safe="")))
     assert refused.status == 400 and not refused.location
     entry = env.log("login")[-1]
     assert entry["status"] == 400 and entry["reason"].startswith("rd refused")
@@ -466,10 +466,10 @@ async def test_cookie_from_another_cluster_is_refused(env: Env) -> None:
         async with aiohttp.ClientSession() as client:
             headers = {"Cookie": f"wardgate_session={forged}"}
             html = await env.get(client, env.service_url(), headers=headers)
-            assert html.status == 302 and html.location.startswith(env.apex("/login?rd="))
+            assert html.status == 302 and html.location.startswith(env.site_url("/login?rd="))
             async with client.get(env.service_url(), headers=headers, ssl=env.tls()) as api:
                 assert api.status == 401
-            logout = await env.get(client, env.apex("/logout"), headers=headers)
+            logout = await env.get(client, env.site_url("/logout"), headers=headers)
             assert logout.status == 200
     assert not env.upstream.requests
     reasons = [e["reason"] for e in env.log() if e.get("service") == "svc"]
@@ -490,9 +490,9 @@ async def test_idp_without_pkce_s256_is_refused_and_several_idps_offer_a_choice(
         weak_tap.discovery_extra = {"code_challenge_methods_supported": ["plain"]}
         apply_docs(env.cluster, [idp_doc("weak", weak_url)], env.tmp)
         async with env.browser() as browser:
-            choice = await env.get(browser, env.apex("/login?rd=" + quote(env.service_url(), safe="")))
-            refused = await env.get(browser, env.apex("/login?idp=weak"))
-            unknown = await env.get(browser, env.apex("/login?idp=nope"))
+            choice = await env.get(browser, env.site_url("/login?rd=" + quote(env.service_url(), safe="")))
+            refused = await env.get(browser, env.site_url("/login?idp=weak"))
+            unknown = await env.get(browser, env.site_url("/login?idp=nope"))
             callback_url, _ = await env.to_callback(browser, idp="main")
             assert (await env.get(browser, callback_url)).status == 302
     assert choice.status == 200 and "idp=main" in choice.body and "idp=weak" in choice.body
@@ -511,7 +511,7 @@ async def test_a_configured_claim_maps_to_the_user_name(env: Env) -> None:
     async with env.browser() as browser:
         callback_url, _ = await env.to_callback(browser, sub="carol-at-idp")
         callback = await env.get(browser, callback_url)
-        assert callback.status == 302 and callback.location == env.apex("/")
+        assert callback.status == 302 and callback.location == env.site_url("/")
         assert (await env.get(browser, env.service_url())).status == 200
     entry = env.log("callback")[-1]
     assert entry["user"] == "carol" and entry["idpClaim"] == "wardgate_user=carol" and entry["idp"] == "by-name"
@@ -526,7 +526,7 @@ async def test_without_an_identity_provider_browsers_get_401_and_login_404(env: 
             if page.status != 302 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
-        login = await env.get(browser, env.apex("/login"))
+        login = await env.get(browser, env.site_url("/login"))
     assert page.status == 401
     assert login.status == 404 and json.loads(login.body)["error"] == "not_found"
     assert env.log("login")[-1]["reason"] == "no IdentityProvider is configured"

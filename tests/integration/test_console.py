@@ -64,7 +64,7 @@ class Env:
     carol_secret: str
     shots: Path
 
-    def apex(self, path: str) -> str:
+    def site_url(self, path: str) -> str:
         return self.cluster.public_url() + path
 
     async def set_idp_user(self, sub: str) -> None:
@@ -77,7 +77,7 @@ class Env:
         form = {"grant_type": "client_credentials", "client_id": "carol-oauth", "client_secret": self.carol_secret}
         async with (
             aiohttp.ClientSession() as client,
-            client.post(self.apex("/oauth2/token"), data=form, ssl=self.cluster.ssl_context()) as r,
+            client.post(self.site_url("/oauth2/token"), data=form, ssl=self.cluster.ssl_context()) as r,
         ):
             assert r.status == 200, await r.text()
             return str((await r.json())["access_token"])
@@ -191,16 +191,16 @@ async def sign_in(env: Env, browser: Browser, email: str, **options: Any) -> tup
     page = await context.new_page()
     errors: list[str] = []
     # The IdP's own page links a stylesheet from the internet (unreachable here): only the cluster's pages count.
-    origin = env.apex("/")
+    origin = env.site_url("/")
     page.on(
         "console",
         lambda m: errors.append(m.text) if m.type == "error" and m.location["url"].startswith(origin) else None,
     )
-    await page.goto(env.apex("/console"))
+    await page.goto(env.site_url("/console"))
     assert page.url.startswith(env.idp_url + "/oauth2/authorize?")
     await page.fill('input[name="sub"]', email)
     await page.click('button:has-text("Authorize")')
-    await page.wait_for_url(env.apex("/console"))
+    await page.wait_for_url(env.site_url("/console"))
     return context, page, errors
 
 
@@ -217,7 +217,7 @@ async def wait_for_text(page: Page, url: str, selector: str, text: str) -> str:
 
 async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Browser) -> None:
     context, page, errors = await sign_in(env, browser, CAROL)
-    response = await page.goto(env.apex("/console"))
+    response = await page.goto(env.site_url("/console"))
     assert response is not None and response.status == 200
     csp = response.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src" not in csp and "form-action 'self'" in csp
@@ -225,10 +225,10 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
     assert "svc" in services and "hidden" not in services
     await page.click("summary:has-text('How to call svc')")
     snippet = await page.inner_text("pre[aria-labelledby=py-svc]")
-    assert env.apex("/oauth2/token") in snippet and '"client_id": "carol-oauth"' in snippet
+    assert env.site_url("/oauth2/token") in snippet and '"client_id": "carol-oauth"' in snippet
     assert f'base_url="{env.cluster.public_url("svc")}/v1"' in snippet
     assert "baseURL:" in await page.inner_text("pre[aria-labelledby=ts-svc]")
-    await page.goto(env.apex("/console"))
+    await page.goto(env.site_url("/console"))
     await page.keyboard.press("Tab")
     assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
 
@@ -243,7 +243,9 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
         await hidden.chat.completions.create(**CHAT)
     await hidden.close()
 
-    usage = await wait_for_text(page, env.apex("/console?range=1h"), "section[aria-labelledby=usage]", "gpt-4o-mini")
+    usage = await wait_for_text(
+        page, env.site_url("/console?range=1h"), "section[aria-labelledby=usage]", "gpt-4o-mini"
+    )
     prompt, completion = 2 * reply.usage.prompt_tokens, 2 * reply.usage.completion_tokens
     assert f"svc\t2\t{prompt}\t{completion}\t" in usage and f"gpt-4o-mini\t2\t{prompt}" in usage, usage
     quotas = await page.inner_text("section[aria-labelledby=quotas]")
@@ -252,7 +254,7 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
     await env.shot(page, "console-user")
 
     (laptop, laptop_token, laptop_key), (desktop, _, _) = await env.devices("carol-laptop", "carol-desktop")
-    await page.goto(env.apex("/console"))
+    await page.goto(env.site_url("/console"))
     sessions = await page.inner_text("section[aria-labelledby=sessions]")
     assert f"{laptop}\twardgate client\tWireGuard key {laptop_key[:12]}…, 100.64.0.2\tcarol-laptop" in sessions
     async with page.expect_navigation():
@@ -267,21 +269,21 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
     await revoke.focus()
     async with page.expect_navigation():
         await page.keyboard.press("Enter")
-    assert page.url == env.apex("/console"), await page.content()
+    assert page.url == env.site_url("/console"), await page.content()
     assert sdk_session not in await page.inner_text("section[aria-labelledby=sessions]")
     with pytest.raises(openai.AuthenticationError):
         await sdk.chat.completions.create(**CHAT)
     await sdk.close()
 
-    denied = await page.goto(env.apex("/console/admin"))
+    denied = await page.goto(env.site_url("/console/admin"))
     assert denied is not None and denied.status == 403
     await forged_posts(env, context)
 
     phone = await browser.new_context(ignore_https_errors=True, viewport={"width": 390, "height": 844})
     cookie = next(c for c in await context.cookies() if c["name"] == "wardgate_session")
-    await phone.add_cookies([{"name": cookie["name"], "value": cookie["value"], "url": env.apex("/")}])
+    await phone.add_cookies([{"name": cookie["name"], "value": cookie["value"], "url": env.site_url("/")}])
     small = await phone.new_page()
-    await small.goto(env.apex("/console"))
+    await small.goto(env.site_url("/console"))
     assert await small.evaluate("document.documentElement.scrollWidth") <= 390
     await env.shot(small, "console-phone")
 
@@ -298,8 +300,8 @@ async def test_console_user_and_admin_pages_in_chromium(env: Env, browser: Brows
     await others_session(env, context, admin_context)
     carol_session = jwt.decode(cookie["value"], options={"verify_signature": False})["sub"]
     await admin.get_by_role("button", name=f"Revoke session {carol_session} of carol").click()
-    await admin.wait_for_url(env.apex("/console/admin"))
-    await page.goto(env.apex("/console"))
+    await admin.wait_for_url(env.site_url("/console/admin"))
+    await page.goto(env.site_url("/console"))
     assert page.url.startswith(env.idp_url + "/oauth2/authorize?")
     # What the console's pages log: only the expected refusals (403 above, no favicon); no CSP violation.
     logged = [e for e in errors + admin_errors if "responded with a status of 40" not in e]
@@ -312,12 +314,12 @@ async def forged_posts(env: Env, context: BrowserContext) -> None:
     """A form post without the CSRF field, or from another origin, revokes nothing."""
     cookies = {c["name"]: c["value"] for c in await context.cookies()}
     mine = jwt.decode(cookies["wardgate_session"], options={"verify_signature": False})["sub"]
-    url = env.apex(f"/console/sessions/{mine}/revoke")
+    url = env.site_url(f"/console/sessions/{mine}/revoke")
     headers = {"Cookie": f"wardgate_session={cookies['wardgate_session']}"}
     async with aiohttp.ClientSession() as client:
         async with client.post(url, data={"back": "/console"}, headers=headers, ssl=env.cluster.ssl_context()) as r:
             assert r.status == 403
-        async with client.get(env.apex("/console"), headers=headers, ssl=env.cluster.ssl_context()) as r:
+        async with client.get(env.site_url("/console"), headers=headers, ssl=env.cluster.ssl_context()) as r:
             csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
         evil = {**headers, "Origin": "https://evil.wardgate.test", "Sec-Fetch-Site": "same-site"}
         async with client.post(url, data={"csrf": csrf}, headers=evil, ssl=env.cluster.ssl_context()) as r:
@@ -330,11 +332,11 @@ async def others_session(env: Env, context: BrowserContext, admin_context: Brows
     carol = next(c["value"] for c in await context.cookies() if c["name"] == "wardgate_session")
     ada = next(c["value"] for c in await admin_context.cookies() if c["name"] == "wardgate_session")
     target = jwt.decode(ada, options={"verify_signature": False})["sub"]
-    headers = {"Cookie": f"wardgate_session={carol}", "Origin": env.apex(""), "Sec-Fetch-Site": "same-origin"}
+    headers = {"Cookie": f"wardgate_session={carol}", "Origin": env.site_url(""), "Sec-Fetch-Site": "same-origin"}
     async with aiohttp.ClientSession() as client:
-        async with client.get(env.apex("/console"), headers=headers, ssl=env.cluster.ssl_context()) as r:
+        async with client.get(env.site_url("/console"), headers=headers, ssl=env.cluster.ssl_context()) as r:
             csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
-        url = env.apex(f"/console/sessions/{target}/revoke")
+        url = env.site_url(f"/console/sessions/{target}/revoke")
         async with client.post(url, data={"csrf": csrf}, headers=headers, ssl=env.cluster.ssl_context()) as r:
             assert r.status == 404 and target not in await r.text()
     assert target in env.cluster.ctl("get", "sessions", check=True).stdout

@@ -57,7 +57,7 @@ async def test_a_user_keeps_a_bounded_number_of_browser_logins(env: browser_logi
     async with env.browser() as client:
         evicted = await env.get(client, env.service_url(), headers={"Cookie": f"wardgate_session={tokens[0]}"})
         newest = await env.get(client, env.service_url(), headers={"Cookie": f"wardgate_session={tokens[-1]}"})
-    assert evicted.status == 302 and evicted.location.startswith(env.apex("/login?rd="))
+    assert evicted.status == 302 and evicted.location.startswith(env.site_url("/login?rd="))
     assert newest.status == 200, newest.body
 
 

@@ -26,7 +26,7 @@ from cluster.errors import WardgateError
 
 log = logging.getLogger(__name__)
 
-ENTRY: web.RequestKey[dict[str, Any]] = web.RequestKey("apex_entry")
+ENTRY: web.RequestKey[dict[str, Any]] = web.RequestKey("site_entry")
 DOMAIN = web.AppKey("domain", str)
 Step = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

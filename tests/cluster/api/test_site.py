@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cluster.api.apex import ApexApp, make_apex_app
-from cluster.api.apex_log import DOMAIN as APP_DOMAIN
-from cluster.api.apex_log import route
 from cluster.api.oauth import TokenEndpoint
+from cluster.api.site import SiteApp, make_site_app
+from cluster.api.site_log import DOMAIN as APP_DOMAIN
+from cluster.api.site_log import route
 from cluster.errors import Unauthenticated
 from cluster.identity import credentials
 from cluster.identity.authenticate import Authenticator
@@ -51,7 +51,7 @@ class Probe:
 
 
 @dataclass
-class Apex:
+class Site:
     http: TestClient[web.BaseRequest, None]
     log_path: Path
     cache: ResourceCache
@@ -68,7 +68,7 @@ class Apex:
 
 
 @pytest.fixture
-async def apex(tmp_path: Path) -> AsyncIterator[Apex]:
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
     secret, digest, prefix = credentials.generate("ci")
     ci = Credential.model_validate(
         {
@@ -86,62 +86,62 @@ async def apex(tmp_path: Path) -> AsyncIterator[Apex]:
     sessions = SessionService(store, cache, LocalPropagation(cache), default_cap=3)
     token = TokenEndpoint(domain=DOMAIN, base_url=f"https://{DOMAIN}", cache=cache, tokens=tokens, sessions=sessions)
     access_log = AccessLog(tmp_path / "access.log")
-    app = make_apex_app(domain=DOMAIN, node="n1", access_log=access_log, endpoints=[token, Probe()])
-    handler = await ApexApp.start(app)
+    app = make_site_app(domain=DOMAIN, node="n1", access_log=access_log, endpoints=[token, Probe()])
+    handler = await SiteApp.start(app)
     async with asyncio.TaskGroup() as tasks:
         follower = tasks.create_task(cache.follow())
         client: TestClient[web.BaseRequest, None] = TestClient(RawTestServer(handler))
         async with client as http:
-            yield Apex(http, tmp_path / "access.log", cache, Authenticator(cache, tokens), secret)
+            yield Site(http, tmp_path / "access.log", cache, Authenticator(cache, tokens), secret)
         follower.cancel()
     await handler.aclose()
     access_log.close()
 
 
-async def test_a_failed_client_authentication_is_rfc6749_with_basic_challenge(apex: Apex) -> None:
-    status, headers, body = await apex.token(secret="wgt.ci." + "a" * 43)
+async def test_a_failed_client_authentication_is_rfc6749_with_basic_challenge(site: Site) -> None:
+    status, headers, body = await site.token(secret="wgt.ci." + "a" * 43)
     assert status == 401
     assert body == {"error": "invalid_client", "error_description": "client authentication failed"}
     assert headers["WWW-Authenticate"] == f'Basic realm="{DOMAIN}"'
     assert headers["Cache-Control"] == "no-store"
-    (entry,) = apex.log()
+    (entry,) = site.log()
     assert entry["event"] == "token" and entry["status"] == 401 and entry["reason"] == "token does not match"
     assert entry["credential"] == "ci" and entry["host"] == DOMAIN and entry["node"] == "n1"
 
 
-async def test_grant_and_method_errors_keep_the_oauth2_dialect(apex: Apex) -> None:
-    status, headers, body = await apex.token(grant_type="password")
+async def test_grant_and_method_errors_keep_the_oauth2_dialect(site: Site) -> None:
+    status, headers, body = await site.token(grant_type="password")
     assert (status, body["error"]) == (400, "unsupported_grant_type") and "WWW-Authenticate" not in headers
-    async with apex.http.get("/oauth2/token") as response:
+    async with site.http.get("/oauth2/token") as response:
         assert response.status == 405 and response.headers["Allow"] == "POST"
         assert await response.json() == {"error": "invalid_request", "error_description": "use POST"}
-    async with apex.http.get("/nowhere") as response:
+    async with site.http.get("/nowhere") as response:
         assert response.status == 404
         assert await response.json() == {"error": "not_found", "error_description": "no endpoint /nowhere"}
-    assert [(e.get("event"), e["status"]) for e in apex.log()] == [("token", 400), (None, 405), (None, 404)]
+    assert [(e.get("event"), e["status"]) for e in site.log()] == [("token", 400), (None, 405), (None, 404)]
 
 
-async def test_each_request_writes_one_line_and_handlers_get_the_apps_request(apex: Apex) -> None:
-    async with apex.http.get("/probe") as probe, apex.http.get("/.well-known/openid-configuration") as meta:
+async def test_each_request_writes_one_line_and_handlers_get_the_apps_request(site: Site) -> None:
+    async with site.http.get("/probe") as probe, site.http.get("/.well-known/openid-configuration") as meta:
         assert await probe.json() == {"route": "probe", "domain": DOMAIN}
         assert (await meta.json())["token_endpoint"] == f"https://{DOMAIN}/oauth2/token"
-    async with apex.http.get("/oauth2/jwks") as jwks, apex.http.get("/healthz") as health:
+    async with site.http.get("/oauth2/jwks") as jwks, site.http.get("/healthz") as health:
         assert (await jwks.json())["keys"][0]["alg"] == "EdDSA" and health.status == 200
-    async with apex.http.get("/boom") as boom:
+    async with site.http.get("/boom") as boom:
         assert boom.status == 500 and (await boom.json())["error"] == "server_error"
-    entries = apex.log()
+    entries = site.log()
     assert [e["event"] for e in entries] == ["probe", "discovery", "jwks", "healthz", "boom"]
     assert entries[0]["user"] == "probe-user" and entries[-1]["reason"] == "internal error"
     assert all(e["durationMs"] >= 0 and e["listener"] == "public" for e in entries)
 
 
-async def test_minting_beyond_the_cap_evicts_the_oldest_session(apex: Apex) -> None:
-    grants = [await apex.token() for _ in range(5)]
+async def test_minting_beyond_the_cap_evicts_the_oldest_session(site: Site) -> None:
+    grants = [await site.token() for _ in range(5)]
     assert all(status == 200 for status, _, _ in grants)
-    live = [s for s in apex.cache.list_kind("Session") if isinstance(s, Session)]
+    live = [s for s in site.cache.list_kind("Session") if isinstance(s, Session)]
     assert len(live) == 3 and all(s.spec.credential == "ci" for s in live)
     for _, _, body in grants[:2]:
         with pytest.raises(Unauthenticated):
-            apex.authenticator.from_token(body["access_token"])
+            site.authenticator.from_token(body["access_token"])
     for _, _, body in grants[2:]:
-        assert apex.authenticator.from_token(body["access_token"]).user.metadata.name == "alice"
+        assert site.authenticator.from_token(body["access_token"]).user.metadata.name == "alice"

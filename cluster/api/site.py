@@ -1,6 +1,7 @@
-"""The bare-domain app (`https://<domain>/...`) and the adapter that serves it on the public listener.
+"""The cluster's own site on the bare domain (`https://<domain>/...`) and the adapter that serves it on the public
+listener.
 
-    public listener (low-level web.Server) ─▶ Gateway.handle: Host is <domain> ─▶ ApexApp(request)
+    public listener (low-level web.Server) ─▶ Gateway.handle: Host is <domain> ─▶ SiteApp(request)
         ─▶ the app's own Request over the same connection ─▶ router
         ─▶ access_log_middleware (one line) ─▶ refusal_middleware (the endpoint's dialect) ─▶ route
     routes: /oauth2/token, discovery, /oauth2/jwks (api.oauth) · /login, /login/callback, /logout, / (api.login)
@@ -17,7 +18,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from cluster.api.apex_log import DOMAIN, access_log_middleware, refusal_middleware, route
+from cluster.api.site_log import DOMAIN, access_log_middleware, refusal_middleware, route
 from cluster.api.state import ACCESS_LOG, NODE
 from cluster.observability.accesslog import AccessLog
 
@@ -35,7 +36,7 @@ async def _healthz(request: web.Request, entry: object) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
 
-def make_apex_app(*, domain: str, node: str, access_log: AccessLog, endpoints: Sequence[Endpoints]) -> web.Application:
+def make_site_app(*, domain: str, node: str, access_log: AccessLog, endpoints: Sequence[Endpoints]) -> web.Application:
     app = web.Application(middlewares=[access_log_middleware, refusal_middleware], client_max_size=MAX_BODY)
     app[DOMAIN] = domain
     app[NODE] = node
@@ -46,8 +47,8 @@ def make_apex_app(*, domain: str, node: str, access_log: AccessLog, endpoints: S
     return app
 
 
-class ApexApp:
-    """Serves an Application behind the `apex(request)` callable of the public listener's Gateway.
+class SiteApp:
+    """Serves an Application behind the `site(request)` callable of the public listener's Gateway.
 
     The listener's web.Server made a BaseRequest for the Gateway; the app's router and middlewares need
     the web.Request its own factory makes (match info, the app, its body limit) over the same message,
@@ -61,7 +62,7 @@ class ApexApp:
         self._server = server
 
     @classmethod
-    async def start(cls, app: web.Application) -> ApexApp:
+    async def start(cls, app: web.Application) -> SiteApp:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         assert runner.server is not None
