@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
-import os
-import re
 import signal
 import ssl
 import subprocess
@@ -31,6 +28,7 @@ from tests.fakes.openai_provider import (
     FakeOpenAI,
     serve_fake_openai,
 )
+from tests.fakes.provider_process import fake_process
 
 API_KEY = "sk-fake-upstream-secret"
 ROOT = Path(__file__).resolve().parents[1]
@@ -594,25 +592,6 @@ async def test_serves_https_with_an_ssl_context(tmp_path: Path, http: aiohttp.Cl
         assert response.status == 200
 
     assert base_url.startswith("https://127.0.0.1:")
-
-
-@contextlib.asynccontextmanager
-async def fake_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """`python -m tests.fakes.openai_provider --port 0 ARGS` and the base URL it says it listens on."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fakes.openai_provider", "--port", "0", *args,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stderr is not None
-    try:
-        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
-        found = re.fullmatch(r"fake-openai listening on (http://127\.0\.0\.1:\d+)\n", line)
-        assert found, line
-        yield process, found[1]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

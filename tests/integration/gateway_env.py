@@ -121,3 +121,24 @@ async def raw(gw: Gateway, method: str, service: str, path: str, **kw: Any) -> t
         session.request(method, gw.cluster.public_url(service) + path, ssl=gw.ssl_context(), **kw) as r,
     ):
         return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()
+
+
+async def client_credentials_token(cluster: RunningCluster, credential: str, user: str) -> tuple[str, str]:
+    """Create an OAuth2 credential for `user` through the admin API, exchange it for an access token, and return
+    the token and its Session's name (the user must have no other Session)."""
+    context = ssl.create_default_context(cafile=str(cluster.home / "ca.crt"))
+    admin = {"Authorization": f"Bearer {cluster.token}"}
+    async with aiohttp.ClientSession() as session:
+        body = {"name": credential, "user": user, "type": "oauth2"}
+        async with session.post(cluster.url + "/api/v1/credentials", json=body, headers=admin, ssl=context) as r:
+            created = await r.json()
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": created["clientId"],
+            "client_secret": created["clientSecret"],
+        }
+        async with session.post(cluster.public_url() + "/oauth2/token", data=form, ssl=context) as r:
+            token: str = (await r.json())["access_token"]
+        async with session.get(cluster.url + "/api/v1/sessions", headers=admin, ssl=context) as r:
+            (name,) = [s["metadata"]["name"] for s in (await r.json())["items"] if s["spec"]["user"] == user]
+    return token, name

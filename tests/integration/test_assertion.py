@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import RunningCluster, start_cluster, stop_cluster
-from tests.integration.gateway_env import apply_docs
+from tests.integration.gateway_env import apply_docs, client_credentials_token
 
 pytestmark = pytest.mark.usefixtures("loopback_names")
 
@@ -110,26 +110,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[RunningCluster]:
         await asyncio.to_thread(stop_cluster, running)
 
 
-async def _token(cluster: RunningCluster) -> tuple[str, str]:
-    """An access token of `bot` (client credentials) and its Session's name."""
-    context = ssl.create_default_context(cafile=str(cluster.home / "ca.crt"))
-    admin = {"Authorization": f"Bearer {cluster.token}"}
-    async with aiohttp.ClientSession() as session:
-        body = {"name": "bot-cred", "user": "bot", "type": "oauth2"}
-        async with session.post(cluster.url + "/api/v1/credentials", json=body, headers=admin, ssl=context) as r:
-            created = await r.json()
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": created["clientId"],
-            "client_secret": created["clientSecret"],
-        }
-        async with session.post(cluster.public_url() + "/oauth2/token", data=form, ssl=context) as r:
-            token: str = (await r.json())["access_token"]
-        async with session.get(cluster.url + "/api/v1/sessions", headers=admin, ssl=context) as r:
-            (name,) = [s["metadata"]["name"] for s in (await r.json())["items"]]
-    return token, name
-
-
 async def _call(cluster: RunningCluster, token: str, forged: str | None = None) -> tuple[int, dict[str, Any]]:
     context = ssl.create_default_context(cafile=str(cluster.home / "ca.crt"))
     headers = {"Authorization": f"Bearer {token}"}
@@ -151,7 +131,7 @@ async def test_the_upstream_verifies_the_assertion_against_the_jwks(
     async with _serve(upstream.handle) as url:
         setting: dict[str, Any] = {"enabled": True} | ({"audience": audience} if audience else {})
         apply_docs(cluster, _docs(url, setting), tmp_path)
-        token, session = await _token(cluster)
+        token, session = await client_credentials_token(cluster, "bot-cred", "bot")
         status, body = await _call(cluster, token)
         assert status == 200, body
         claims = body["claims"]
@@ -172,7 +152,7 @@ async def test_without_the_setting_a_client_sent_assertion_is_stripped(cluster: 
     upstream = VerifyingUpstream(cluster, "api")
     async with _serve(upstream.handle) as url:
         apply_docs(cluster, _docs(url, None), tmp_path)
-        token, _ = await _token(cluster)
+        token, _ = await client_credentials_token(cluster, "bot-cred", "bot")
         forged = jwt.encode({"sub": "admin", "aud": "api"}, FORGING_KEY, algorithm="HS256")
         status, body = await _call(cluster, token, forged)
         assert status == 401 and body == {"error": "0 assertions"}, body

@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import io
 import json
-import os
-import re
 import statistics
 import sys
 import time
@@ -27,7 +25,8 @@ import orjson
 import pytest
 
 from tests.conftest import RunningCluster
-from tests.integration.gateway_env import apply_docs
+from tests.fakes.provider_process import fake_process
+from tests.integration.gateway_env import apply_docs, client_credentials_token
 
 pytestmark = pytest.mark.usefixtures("loopback_names")
 
@@ -127,55 +126,17 @@ class Client:
             return r.status, (time.perf_counter() - started) * 1000
 
 
-async def _token(cluster: RunningCluster) -> str:
-    import ssl
-
-    context = ssl.create_default_context(cafile=str(cluster.home / "ca.crt"))
-    admin = {"Authorization": f"Bearer {cluster.token}"}
-    async with aiohttp.ClientSession() as session:
-        body = {"name": "bot-oauth", "user": "bot", "type": "oauth2"}
-        async with session.post(cluster.url + "/api/v1/credentials", json=body, headers=admin, ssl=context) as r:
-            created = await r.json()
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": created["clientId"],
-            "client_secret": created["clientSecret"],
-        }
-        async with session.post(cluster.public_url() + "/oauth2/token", data=form, ssl=context) as r:
-            return str((await r.json())["access_token"])
-
-
-@contextlib.asynccontextmanager
-async def _provider() -> AsyncIterator[str]:
-    """The fake provider as its own process: its work on a hostile body must not stall the measuring client."""
-    root = Path(__file__).resolve().parents[2]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fakes.openai_provider", "--port", "0", "--api-key", KEY,
-        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stderr is not None
-    try:
-        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
-        found = re.fullmatch(r"fake-openai listening on (http://127\.0\.0\.1:\d+)\n", line)
-        assert found, line
-        yield found[1]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 @pytest.fixture
 async def heavy(tmp_path: Path) -> AsyncIterator[Client]:
     from tests.conftest import start_cluster, stop_cluster
 
     # Two providers: the normal client's answers must not wait behind the provider's own work on hostile bodies.
-    async with _provider() as quiet, _provider() as upstream:
+    async with fake_process("--api-key", KEY) as (_, quiet), fake_process("--api-key", KEY) as (_, upstream):
         cluster = await asyncio.to_thread(start_cluster, tmp_path / "home")
         try:
             apply_docs(cluster, _docs(quiet, upstream), tmp_path)
             cluster.ctl("create", "secret", "upstream-key", "--value", KEY, check=True)
-            yield Client(cluster, await _token(cluster))
+            yield Client(cluster, (await client_credentials_token(cluster, "bot-oauth", "bot"))[0])
         finally:
             await asyncio.to_thread(stop_cluster, cluster)
 
