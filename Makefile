@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check agent cluster client tests bench vagrant
+	$(BIN)/ruff check wardgate/__init__.py agent cluster client tests bench vagrant
 
 typecheck: install
 	$(BIN)/mypy

@@ -1,7 +1,7 @@
-"""`python -m agent` is `wardgate-agent`."""
+"""`python -m wardgate.agent` is `wardgate-agent`."""
 
 import sys
 
-from agent.main import main
+from wardgate.agent.main import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from agent.wg import Device, DeviceConfig, DeviceState, DeviceUnavailableError
+from wardgate.agent.wg import Device, DeviceConfig, DeviceState, DeviceUnavailableError
 
 log = logging.getLogger(__name__)
 

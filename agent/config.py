@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.control import ClusterConnection
-from agent.dns import DnsSettings
+from wardgate.agent.control import ClusterConnection
+from wardgate.agent.dns import DnsSettings
 
 DEFAULT_PATH = Path("/etc/wardgate/agent.toml")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

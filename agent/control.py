@@ -20,7 +20,7 @@ from typing import Self
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, TunnelNetwork, WatchEvent
+from wardgate.cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, TunnelNetwork, WatchEvent
 
 log = logging.getLogger(__name__)
 

@@ -21,19 +21,19 @@ import sys
 import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
-from importlib.metadata import version
 from ipaddress import ip_interface, ip_network
 from pathlib import Path
 
-from agent.applier import Applier
-from agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
-from agent.control import ControlClient, ControlError
-from agent.dns import DnsServer, Zone
-from agent.reconcile import Desired, desired_peers, next_expiry, plan
-from agent.wg import Device, DeviceConfig, PrivateKey, WireGuardError
-from agent.wg.backend import open_device
-from agent.wg.netlink import Links
-from cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, PeerStatus, TunnelNetwork
+from wardgate import __version__
+from wardgate.agent.applier import Applier
+from wardgate.agent.config import DEFAULT_PATH, AgentConfig, ConfigError, load
+from wardgate.agent.control import ControlClient, ControlError
+from wardgate.agent.dns import DnsServer, Zone
+from wardgate.agent.reconcile import Desired, desired_peers, next_expiry, plan
+from wardgate.agent.wg import Device, DeviceConfig, PrivateKey, WireGuardError
+from wardgate.agent.wg.backend import open_device
+from wardgate.agent.wg.netlink import Links
+from wardgate.cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, PeerStatus, TunnelNetwork
 
 log = logging.getLogger("wardgate.agent")
 
@@ -205,7 +205,7 @@ async def serve(config: AgentConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wardgate-agent", description="Wardgate node agent")
     parser.add_argument("--config", default=str(DEFAULT_PATH), help=f"settings file (default {DEFAULT_PATH})")
-    parser.add_argument("--version", action="version", version=f"wardgate-agent {version('wardgate')}")
+    parser.add_argument("--version", action="version", version=f"wardgate-agent {__version__}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import ip_network
 
-from agent.wg import DeviceConfig, DeviceState, IPNetwork, PeerConfig, PrivateKey, PublicKey
-from cluster.resources.wire import PeerSet
+from wardgate.agent.wg import DeviceConfig, DeviceState, IPNetwork, PeerConfig, PrivateKey, PublicKey
+from wardgate.cluster.resources.wire import PeerSet
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,7 +177,7 @@ class WardgateWrapper(Engine):
 
     def __init__(self) -> None:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from cluster.policy import cel
+        from wardgate.cluster.policy import cel
 
         self.cel = cel
         self.name = "cluster.policy.cel wrapper"

@@ -20,9 +20,9 @@ import orjson
 import yaml
 from multidict import CIMultiDict
 
-from cluster.plugins.builtin.lua import make_lua_plugin
-from cluster.plugins.flow import HttpFlow, Request
-from cluster.resources.service import LuaPluginSpec, Service
+from wardgate.cluster.plugins.builtin.lua import make_lua_plugin
+from wardgate.cluster.plugins.flow import HttpFlow, Request
+from wardgate.cluster.resources.service import LuaPluginSpec, Service
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = orjson.dumps(

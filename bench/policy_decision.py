@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 from request_context import request_ctx
 
-from cluster.policy import cel
-from cluster.policy.engine import EvalInput, RuleSet, compile_authorization, evaluate
-from cluster.policy.reasons import Reason
-from cluster.policy.rego import RegoInput, compile_rego
-from cluster.resources.policy import Authorization
+from wardgate.cluster.policy import cel
+from wardgate.cluster.policy.engine import EvalInput, RuleSet, compile_authorization, evaluate
+from wardgate.cluster.policy.reasons import Reason
+from wardgate.cluster.policy.rego import RegoInput, compile_rego
+from wardgate.cluster.resources.policy import Authorization
 
 BUDGET_US = 333.0
 

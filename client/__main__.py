@@ -1,7 +1,7 @@
-"""`python -m client` is `wardgate` (the detached `connect` daemon runs this way)."""
+"""`python -m wardgate.client` is `wardgate` (the detached `connect` daemon runs this way)."""
 
 import sys
 
-from client.cli import main
+from wardgate.client.cli import main
 
 sys.exit(main())

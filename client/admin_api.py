@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from client.errors import ClientError
+from wardgate.client.errors import ClientError
 
 
 @dataclass(frozen=True, slots=True)

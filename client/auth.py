@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
-from client.errors import ClientError
-from client.state import LoginState, StateFiles
-from client.user_api import UserApi
+from wardgate.client.errors import ClientError
+from wardgate.client.state import LoginState, StateFiles
+from wardgate.client.user_api import UserApi
 
 REFRESH_MARGIN = timedelta(seconds=60)
 

@@ -17,15 +17,15 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
-from agent.wg import WireGuardError
-from client import resolver, tunnel
-from client.auth import login, not_logged_in, refresh_if_due, signed_in
-from client.errors import ClientError
-from client.state import ConnectionState, LoginState, StateFiles
-from client.user_api import SessionEnded
+from wardgate import __version__
+from wardgate.agent.wg import WireGuardError
+from wardgate.client import resolver, tunnel
+from wardgate.client.auth import login, not_logged_in, refresh_if_due, signed_in
+from wardgate.client.errors import ClientError
+from wardgate.client.state import ConnectionState, LoginState, StateFiles
+from wardgate.client.user_api import SessionEnded
 
 DEFAULT_INTERFACE = "wardgate"
 DETACH_TIMEOUT = 30.0
@@ -121,7 +121,7 @@ def _detach(files: StateFiles, args: argparse.Namespace) -> int:
     if existing is not None and tunnel.pid_alive(existing.pid):
         raise ClientError(f"already connected (pid {existing.pid}): `wardgate disconnect` first")
     log = files.open_log()
-    command = [sys.executable, "-m", "client", "connect", "--interface", args.interface, "--dns", args.dns]
+    command = [sys.executable, "-m", "wardgate.client", "connect", "--interface", args.interface, "--dns", args.dns]
     try:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     finally:
@@ -251,7 +251,7 @@ def cmd_logout(files: StateFiles, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgate", description="Wardgate client: reach private Services")
-    parser.add_argument("--version", action="version", version=f"wardgate {version('wardgate')}")
+    parser.add_argument("--version", action="version", version=f"wardgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("login", help="exchange an auth token for a session (stored 0600 in your config dir)")
     p.add_argument("--domain", required=True, help="the cluster's domain")

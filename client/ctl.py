@@ -13,10 +13,11 @@ from typing import Any
 
 import yaml
 
-from client.admin_api import AdminApi, resolve_connection
-from client.errors import ClientError
-from cluster.resources.kinds import KINDS, plural_to_kind
-from cluster.resources.manifest import ManifestError, parse_documents
+from wardgate import __version__
+from wardgate.client.admin_api import AdminApi, resolve_connection
+from wardgate.client.errors import ClientError
+from wardgate.cluster.resources.kinds import KINDS, plural_to_kind
+from wardgate.cluster.resources.manifest import ManifestError, parse_documents
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -279,6 +280,7 @@ async def cmd_policy_eval(api: AdminApi, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgatectl", description="Administer a Wardgate cluster")
+    parser.add_argument("--version", action="version", version=f"wardgatectl {__version__}")
     parser.add_argument("--config", help="wardgatectl.toml (default: $WARDGATE_CONFIG or ~/.config/wardgate/)")
     parser.add_argument("--url", help="admin API URL (or $WARDGATE_URL)")
     parser.add_argument("--ca", help="CA certificate file (or $WARDGATE_CA)")

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
-from agent.wg import Device, DeviceConfig, Endpoint, PeerConfig, PublicKey, WireGuardError
-from client.errors import ClientError
-from client.user_api import split_address
-from cluster.resources.wire import NodePeer
+from wardgate.agent.wg import Device, DeviceConfig, Endpoint, PeerConfig, PublicKey, WireGuardError
+from wardgate.client.errors import ClientError
+from wardgate.client.user_api import split_address
+from wardgate.cluster.resources.wire import NodePeer
 
 KEEPALIVE = 25
 

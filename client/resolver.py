@@ -20,8 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
-from client.errors import ClientError
-from client.state import ResolverChange
+from wardgate.client.errors import ClientError
+from wardgate.client.state import ResolverChange
 
 Mode = Literal["auto", "netns", "resolved", "resolv-conf", "off"]
 NETNS_DIR = Path("/var/run/netns")

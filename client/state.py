@@ -21,7 +21,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from client.errors import ClientError
+from wardgate.client.errors import ClientError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -22,16 +22,16 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 
-from agent.wg import Device, DeviceConfig, DeviceUnavailableError, Endpoint, PrivateKey, WireGuardError
-from agent.wg.backend import open_device
-from agent.wg.netlink import KernelDevice, Links, kernel_module_loaded
-from agent.wg.uapi import UapiDevice
-from client import resolver
-from client.errors import ClientError
-from client.failover import DEFAULT_PROBE, Failover, ProbeSettings, peer_of, resolve_endpoint, tcp_probe
-from client.state import ConnectionState, LoginState, StateFiles
-from client.user_api import SessionEnded, UserApi
-from cluster.resources.wire import ConnectResponse, NodePeer
+from wardgate.agent.wg import Device, DeviceConfig, DeviceUnavailableError, Endpoint, PrivateKey, WireGuardError
+from wardgate.agent.wg.backend import open_device
+from wardgate.agent.wg.netlink import KernelDevice, Links, kernel_module_loaded
+from wardgate.agent.wg.uapi import UapiDevice
+from wardgate.client import resolver
+from wardgate.client.errors import ClientError
+from wardgate.client.failover import DEFAULT_PROBE, Failover, ProbeSettings, peer_of, resolve_endpoint, tcp_probe
+from wardgate.client.state import ConnectionState, LoginState, StateFiles
+from wardgate.client.user_api import SessionEnded, UserApi
+from wardgate.cluster.resources.wire import ConnectResponse, NodePeer
 
 EXIT_SESSION_ENDED = 3
 

@@ -18,8 +18,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from pydantic import BaseModel, ValidationError
 
-from client.errors import ClientError
-from cluster.resources.wire import (
+from wardgate.client.errors import ClientError
+from wardgate.cluster.resources.wire import (
     ConnectRequest,
     ConnectResponse,
     LoginRequest,

@@ -1,7 +1,7 @@
-"""`python -m cluster` runs `wardgate-cluster`."""
+"""`python -m wardgate.cluster` runs `wardgate-cluster`."""
 
 import sys
 
-from cluster.main import main
+from wardgate.cluster.main import main
 
 sys.exit(main())

@@ -12,19 +12,19 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cluster import membership
-from cluster.config import Home
-from cluster.errors import Invalid
-from cluster.identity import credentials
-from cluster.identity.pki import make_ca, make_serving_cert
-from cluster.resources.credential import Credential
-from cluster.resources.kinds import AnyResource
-from cluster.resources.policy import Policy
-from cluster.resources.user import Group, User
-from cluster.store import Create
-from cluster.store.postgres import PostgresStore
-from cluster.store.sealing import Sealer
-from cluster.store.sqlite import SQLiteStore
+from wardgate.cluster import membership
+from wardgate.cluster.config import Home
+from wardgate.cluster.errors import Invalid
+from wardgate.cluster.identity import credentials
+from wardgate.cluster.identity.pki import make_ca, make_serving_cert
+from wardgate.cluster.resources.credential import Credential
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.resources.policy import Policy
+from wardgate.cluster.resources.user import Group, User
+from wardgate.cluster.store import Create
+from wardgate.cluster.store.postgres import PostgresStore
+from wardgate.cluster.store.sealing import Sealer
+from wardgate.cluster.store.sqlite import SQLiteStore
 
 ADMIN_USER = "root"
 ADMIN_GROUP = "admins"

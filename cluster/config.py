@@ -7,11 +7,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cluster.errors import Invalid
-from cluster.identity.addresses import TunnelSettings
-from cluster.observability.otlp import TelemetrySettings
-from cluster.proxy.connections import ConnectionLimits
-from cluster.usage.settings import UsageSettings
+from wardgate.cluster.errors import Invalid
+from wardgate.cluster.identity.addresses import TunnelSettings
+from wardgate.cluster.observability.otlp import TelemetrySettings
+from wardgate.cluster.proxy.connections import ConnectionLimits
+from wardgate.cluster.usage.settings import UsageSettings
 
 
 def _check_listen(value: str) -> str:

@@ -26,48 +26,49 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
-from cluster.api import health
-from cluster.api import usage as usage_api
-from cluster.api.agent import AgentApi
-from cluster.api.app import make_admin_app, malformed_requests
-from cluster.api.console import Console
-from cluster.api.health import Readiness
-from cluster.api.login import BrowserLogin
-from cluster.api.oauth import TokenEndpoint
-from cluster.api.site import SiteApp, make_site_app
-from cluster.api.user import ClientAccess
-from cluster.authorize.holder import StateHolder
-from cluster.authorize.offpath import AdminAccess, PolicyEvaluation
-from cluster.bootstrap import init_home
-from cluster.config import Home, base_url
-from cluster.errors import WardgateError
-from cluster.identity.addresses import AddressAllocator, TunnelIdentities, TunnelSettings
-from cluster.identity.authenticate import Authenticator
-from cluster.identity.janitor import expire_sessions
-from cluster.identity.oidc import OidcClient
-from cluster.identity.sessions import SessionService
-from cluster.identity.tokens import SigningKey, TokenService
-from cluster.membership import join_home, open_store, sync
-from cluster.observability.accesslog import AccessLog
-from cluster.observability.metrics import Metrics, fresh_directory, share_between_workers
-from cluster.observability.otlp import Exporter
-from cluster.policy import cel, rego
-from cluster.proxy.assertion import AssertionSigner
-from cluster.proxy.balancer import Balancer
-from cluster.proxy.connections import ConnectionGuard, ConnectionLimits
-from cluster.proxy.listener import ListenerAppRunner, ListenerServer
-from cluster.proxy.revocation import LiveConnections
-from cluster.proxy.server import Gateway, Listener, Telemetry, bearer_or_cookie
-from cluster.proxy.tunnel import TunnelListener, tunnel_gateway
-from cluster.proxy.upstream import Upstream
-from cluster.resources.session import Session
-from cluster.store.cache import ResourceCache
-from cluster.store.workers import NUDGE, BoardPropagation, WorkerBoard
-from cluster.usage.counters import Counters, LocalCounters
-from cluster.usage.ledger import SQLiteLedger
-from cluster.usage.meter import Meter
-from cluster.usage.redis_counters import RedisCounters
-from cluster.usage.settings import UsageSettings
+from wardgate import __version__
+from wardgate.cluster.api import health
+from wardgate.cluster.api import usage as usage_api
+from wardgate.cluster.api.agent import AgentApi
+from wardgate.cluster.api.app import make_admin_app, malformed_requests
+from wardgate.cluster.api.console import Console
+from wardgate.cluster.api.health import Readiness
+from wardgate.cluster.api.login import BrowserLogin
+from wardgate.cluster.api.oauth import TokenEndpoint
+from wardgate.cluster.api.site import SiteApp, make_site_app
+from wardgate.cluster.api.user import ClientAccess
+from wardgate.cluster.authorize.holder import StateHolder
+from wardgate.cluster.authorize.offpath import AdminAccess, PolicyEvaluation
+from wardgate.cluster.bootstrap import init_home
+from wardgate.cluster.config import Home, base_url
+from wardgate.cluster.errors import WardgateError
+from wardgate.cluster.identity.addresses import AddressAllocator, TunnelIdentities, TunnelSettings
+from wardgate.cluster.identity.authenticate import Authenticator
+from wardgate.cluster.identity.janitor import expire_sessions
+from wardgate.cluster.identity.oidc import OidcClient
+from wardgate.cluster.identity.sessions import SessionService
+from wardgate.cluster.identity.tokens import SigningKey, TokenService
+from wardgate.cluster.membership import join_home, open_store, sync
+from wardgate.cluster.observability.accesslog import AccessLog
+from wardgate.cluster.observability.metrics import Metrics, fresh_directory, share_between_workers
+from wardgate.cluster.observability.otlp import Exporter
+from wardgate.cluster.policy import cel, rego
+from wardgate.cluster.proxy.assertion import AssertionSigner
+from wardgate.cluster.proxy.balancer import Balancer
+from wardgate.cluster.proxy.connections import ConnectionGuard, ConnectionLimits
+from wardgate.cluster.proxy.listener import ListenerAppRunner, ListenerServer
+from wardgate.cluster.proxy.revocation import LiveConnections
+from wardgate.cluster.proxy.server import Gateway, Listener, Telemetry, bearer_or_cookie
+from wardgate.cluster.proxy.tunnel import TunnelListener, tunnel_gateway
+from wardgate.cluster.proxy.upstream import Upstream
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.workers import NUDGE, BoardPropagation, WorkerBoard
+from wardgate.cluster.usage.counters import Counters, LocalCounters
+from wardgate.cluster.usage.ledger import SQLiteLedger
+from wardgate.cluster.usage.meter import Meter
+from wardgate.cluster.usage.redis_counters import RedisCounters
+from wardgate.cluster.usage.settings import UsageSettings
 
 log = logging.getLogger("wardgate.cluster")
 
@@ -415,7 +416,9 @@ def _run(args: argparse.Namespace) -> int:
         # The board must exist before a secondary maps it: the primary makes it before spawning.
         WorkerBoard.create(board_path(home), args.workers).close()
         fresh_directory(metrics_path(home))
-        command = [sys.executable, "-m", "cluster", "run", "--home", str(home.root), "--workers", str(args.workers)]
+        command = [
+            sys.executable, "-m", "wardgate.cluster", "run", "--home", str(home.root), "--workers", str(args.workers)
+        ]
         children = [subprocess.Popen([*command, "--slot", str(slot)]) for slot in range(1, args.workers)]
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -452,6 +455,7 @@ def _join(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wardgate-cluster", description="Wardgate cluster node")
+    parser.add_argument("--version", action="version", version=f"wardgate-cluster {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_init = sub.add_parser("init", help="create a cluster home (CA, certificates, keys, admin credential)")
     p_init.add_argument("--home", required=True)

@@ -15,12 +15,12 @@ import os
 import tomllib
 from pathlib import Path
 
-from cluster.config import ClusterSettings, Home
-from cluster.errors import Invalid
-from cluster.identity.pki import make_serving_cert
-from cluster.store.postgres import PostgresStore, is_postgres_url
-from cluster.store.sealing import Sealer
-from cluster.store.sqlite import SQLiteStore
+from wardgate.cluster.config import ClusterSettings, Home
+from wardgate.cluster.errors import Invalid
+from wardgate.cluster.identity.pki import make_serving_cert
+from wardgate.cluster.store.postgres import PostgresStore, is_postgres_url
+from wardgate.cluster.store.sealing import Sealer
+from wardgate.cluster.store.sqlite import SQLiteStore
 
 SHARED_FILES = ("ca.crt", "ca.key", "signing.key", "cluster.shared.toml")
 """Home files every node of a PostgreSQL cluster shares (the names are the home's)."""

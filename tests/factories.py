@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.resources.credential import Secret
-from cluster.resources.service import Service
-from cluster.resources.user import Group, User
+from wardgate.cluster.resources.credential import Secret
+from wardgate.cluster.resources.service import Service
+from wardgate.cluster.resources.user import Group, User
 
 
 def make_service(name: str = "svc", url: str = "http://127.0.0.1:9", **spec: Any) -> Service:

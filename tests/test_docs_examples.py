@@ -27,11 +27,11 @@ from unittest import mock
 import pytest
 import yaml
 
-import agent.main
-import cluster.main
-from client import cli, ctl
-from cluster.config import ClusterSettings
+import wardgate.agent.main
+import wardgate.cluster.main
 from tests.conftest import REPO, RunningCluster, start_cluster, stop_cluster
+from wardgate.client import cli, ctl
+from wardgate.cluster.config import ClusterSettings
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -217,8 +217,8 @@ def _parser_built_in(main: Callable[[list[str]], int]) -> argparse.ArgumentParse
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "wardgatectl": ctl.build_parser,
     "wardgate": cli.build_parser,
-    "wardgate-cluster": lambda: _parser_built_in(cluster.main.main),
-    "wardgate-agent": lambda: _parser_built_in(agent.main.main),
+    "wardgate-cluster": lambda: _parser_built_in(wardgate.cluster.main.main),
+    "wardgate-agent": lambda: _parser_built_in(wardgate.agent.main.main),
 }
 
 _SYNOPSIS_TOKEN = re.compile(r"^[\[(]|[\])]$|^\|$|\.\.\.|^[\w.-]+(\|[\w.-]+)+$")

@@ -4,9 +4,9 @@
 `fake.FakeDevice`. This package stays light to import: pyroute2 loads only with `backend`/`netlink`.
 """
 
-from agent.wg.device import Device, DeviceConfig, DeviceState, Endpoint, IPNetwork, PeerConfig, PeerState
-from agent.wg.errors import DeviceUnavailableError, KernelError, UapiError, WireGuardError
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.device import Device, DeviceConfig, DeviceState, Endpoint, IPNetwork, PeerConfig, PeerState
+from wardgate.agent.wg.errors import DeviceUnavailableError, KernelError, UapiError, WireGuardError
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
 
 __all__ = [
     "Device",

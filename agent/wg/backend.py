@@ -6,12 +6,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from agent.wg.device import Device, DeviceConfig, DeviceState
-from agent.wg.errors import WireGuardError
-from agent.wg.names import check_interface_name, require_netns
-from agent.wg.netlink import KernelDevice, Links, kernel_module_loaded
-from agent.wg.uapi import UapiDevice, socket_path
-from agent.wg.wireguard_go import WireGuardGo, socket_is_live
+from wardgate.agent.wg.device import Device, DeviceConfig, DeviceState
+from wardgate.agent.wg.errors import WireGuardError
+from wardgate.agent.wg.names import check_interface_name, require_netns
+from wardgate.agent.wg.netlink import KernelDevice, Links, kernel_module_loaded
+from wardgate.agent.wg.uapi import UapiDevice, socket_path
+from wardgate.agent.wg.wireguard_go import WireGuardGo, socket_is_live
 
 log = logging.getLogger(__name__)
 

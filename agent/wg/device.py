@@ -12,7 +12,7 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Protocol, TypeAlias
 
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
 
 IPNetwork: TypeAlias = IPv4Network | IPv6Network
 IPAddress: TypeAlias = IPv4Address | IPv6Address

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.wg.device import Device, DeviceConfig, DeviceState, IPNetwork, PeerConfig, PeerState
-from agent.wg.errors import DeviceUnavailableError
-from agent.wg.keys import PublicKey
+from wardgate.agent.wg.device import Device, DeviceConfig, DeviceState, IPNetwork, PeerConfig, PeerState
+from wardgate.agent.wg.errors import DeviceUnavailableError
+from wardgate.agent.wg.keys import PublicKey
 
 
 def apply(state: DeviceState, config: DeviceConfig) -> DeviceState:

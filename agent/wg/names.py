@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.wg.errors import DeviceUnavailableError
+from wardgate.agent.wg.errors import DeviceUnavailableError
 
 NETNS_DIR = Path("/var/run/netns")
 _IFNAMSIZ = 16  # includes the trailing NUL

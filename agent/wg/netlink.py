@@ -23,10 +23,10 @@ from typing import Any, Protocol, Self, TypeAlias
 from pyroute2 import AsyncIPRoute, AsyncWireGuard  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
-from agent.wg.device import DeviceConfig, DeviceState, Endpoint, IPNetwork, PeerConfig, PeerState
-from agent.wg.errors import DeviceUnavailableError, KernelError
-from agent.wg.keys import KEY_LENGTH, PresharedKey, PrivateKey, PublicKey
-from agent.wg.names import check_interface_name, require_netns
+from wardgate.agent.wg.device import DeviceConfig, DeviceState, Endpoint, IPNetwork, PeerConfig, PeerState
+from wardgate.agent.wg.errors import DeviceUnavailableError, KernelError
+from wardgate.agent.wg.keys import KEY_LENGTH, PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.names import check_interface_name, require_netns
 
 MODULE_PATH = Path("/sys/module/wireguard")
 _ZERO_PSK = PresharedKey(bytes(KEY_LENGTH))

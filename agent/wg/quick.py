@@ -14,8 +14,8 @@ from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 from pathlib import Path
 from typing import TypeAlias
 
-from agent.wg.device import DeviceConfig, Endpoint, IPNetwork, PeerConfig
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.device import DeviceConfig, Endpoint, IPNetwork, PeerConfig
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
 
 IPInterface: TypeAlias = IPv4Interface | IPv6Interface
 

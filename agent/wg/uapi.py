@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
 from pathlib import Path
 
-from agent.wg.device import DeviceConfig, DeviceState, Endpoint, IPNetwork, PeerConfig, PeerState
-from agent.wg.errors import DeviceUnavailableError, UapiError
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
-from agent.wg.names import check_interface_name
+from wardgate.agent.wg.device import DeviceConfig, DeviceState, Endpoint, IPNetwork, PeerConfig, PeerState
+from wardgate.agent.wg.errors import DeviceUnavailableError, UapiError
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.names import check_interface_name
 
 log = logging.getLogger(__name__)
 

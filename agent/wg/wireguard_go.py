@@ -18,9 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from agent.wg.errors import DeviceUnavailableError, WireGuardError
-from agent.wg.names import check_interface_name, require_netns
-from agent.wg.uapi import socket_path
+from wardgate.agent.wg.errors import DeviceUnavailableError, WireGuardError
+from wardgate.agent.wg.names import check_interface_name, require_netns
+from wardgate.agent.wg.uapi import socket_path
 
 log = logging.getLogger(__name__)
 

@@ -7,19 +7,19 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster.api.admission import admit
-from cluster.api.apply import MANAGED_BY_APPLY, plan_apply
-from cluster.api.bodies import json_body
-from cluster.api.policy_eval import evaluate as evaluate_policy
-from cluster.api.state import CHECK_EXPRESSION, POLICY_EVAL, PROPAGATION, STORE
-from cluster.errors import Invalid, NotFound
-from cluster.identity import credentials
-from cluster.resources.credential import Credential, CredentialType
-from cluster.resources.kinds import AnyResource, plural_to_kind, public_view
-from cluster.resources.manifest import ManifestError, validate_document
-from cluster.resources.session import Session
-from cluster.resources.types import parse_duration
-from cluster.store import Create, Delete, Op, Update
+from wardgate.cluster.api.admission import admit
+from wardgate.cluster.api.apply import MANAGED_BY_APPLY, plan_apply
+from wardgate.cluster.api.bodies import json_body
+from wardgate.cluster.api.policy_eval import evaluate as evaluate_policy
+from wardgate.cluster.api.state import CHECK_EXPRESSION, POLICY_EVAL, PROPAGATION, STORE
+from wardgate.cluster.errors import Invalid, NotFound
+from wardgate.cluster.identity import credentials
+from wardgate.cluster.resources.credential import Credential, CredentialType
+from wardgate.cluster.resources.kinds import AnyResource, plural_to_kind, public_view
+from wardgate.cluster.resources.manifest import ManifestError, validate_document
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.resources.types import parse_duration
+from wardgate.cluster.store import Create, Delete, Op, Update
 
 routes = web.RouteTableDef()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from cluster.plugins.registry import check_plugin as build_check
-from cluster.resources.kinds import AnyResource
-from cluster.resources.policy import Authorization, Policy, Rule
-from cluster.resources.service import Plugin, Service, condition_expressions
-from cluster.resources.user import Group, User
+from wardgate.cluster.plugins.registry import check_plugin as build_check
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.resources.policy import Authorization, Policy, Rule
+from wardgate.cluster.resources.service import Plugin, Service, condition_expressions
+from wardgate.cluster.resources.user import Group, User
 
 ExpressionCheck = Callable[[str, str], str | None]
 """(language, source) -> None when it compiles, else the compiler's message with its position. The

@@ -21,15 +21,15 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from cluster.api.state import PROPAGATION, STORE
-from cluster.errors import Invalid, NotFound
-from cluster.identity.addresses import TunnelSettings, connected_sessions
-from cluster.resources.meta import NAME_PATTERN
-from cluster.resources.node import Node
-from cluster.resources.service import Service
-from cluster.resources.wire import NodeRegistration, NodeStatus, PeerEntry, PeerSet, WatchEvent
-from cluster.store import Create, Event, Update
-from cluster.store.cache import ResourceCache
+from wardgate.cluster.api.state import PROPAGATION, STORE
+from wardgate.cluster.errors import Invalid, NotFound
+from wardgate.cluster.identity.addresses import TunnelSettings, connected_sessions
+from wardgate.cluster.resources.meta import NAME_PATTERN
+from wardgate.cluster.resources.node import Node
+from wardgate.cluster.resources.service import Service
+from wardgate.cluster.resources.wire import NodeRegistration, NodeStatus, PeerEntry, PeerSet, WatchEvent
+from wardgate.cluster.store import Create, Event, Update
+from wardgate.cluster.store.cache import ResourceCache
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster.api import admin
-from cluster.api.admission import ExpressionCheck
-from cluster.api.auth import AdminPolicy, caller_of, identify
-from cluster.api.errors import error_middleware, error_response
-from cluster.api.health import healthz
-from cluster.api.policy_eval import PolicyEvaluator
-from cluster.api.state import (
+from wardgate.cluster.api import admin
+from wardgate.cluster.api.admission import ExpressionCheck
+from wardgate.cluster.api.auth import AdminPolicy, caller_of, identify
+from wardgate.cluster.api.errors import error_middleware, error_response
+from wardgate.cluster.api.health import healthz
+from wardgate.cluster.api.policy_eval import PolicyEvaluator
+from wardgate.cluster.api.state import (
     ACCESS_LOG,
     ADMIN_POLICY,
     AUTHENTICATOR,
@@ -27,14 +27,14 @@ from cluster.api.state import (
     PROPAGATION,
     STORE,
 )
-from cluster.errors import Forbidden, Unauthenticated
-from cluster.identity.authenticate import Authenticator
-from cluster.observability.accesslog import AccessLog
-from cluster.observability.metrics import Metrics
-from cluster.observability.record import AccessRecord
-from cluster.store import Store
-from cluster.store.cache import ResourceCache
-from cluster.store.propagation import Propagation
+from wardgate.cluster.errors import Forbidden, Unauthenticated
+from wardgate.cluster.identity.authenticate import Authenticator
+from wardgate.cluster.observability.accesslog import AccessLog
+from wardgate.cluster.observability.metrics import Metrics
+from wardgate.cluster.observability.record import AccessRecord
+from wardgate.cluster.store import Store
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.propagation import Propagation
 
 CALLER = "wardgate.caller"
 DENIAL = "wardgate.denial"

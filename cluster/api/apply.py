@@ -6,10 +6,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cluster.errors import Conflict, Invalid
-from cluster.resources.credential import Secret
-from cluster.resources.kinds import APPLYABLE_KINDS, AnyResource
-from cluster.store import Create, Delete, Op, Update
+from wardgate.cluster.errors import Conflict, Invalid
+from wardgate.cluster.resources.credential import Secret
+from wardgate.cluster.resources.kinds import APPLYABLE_KINDS, AnyResource
+from wardgate.cluster.store import Create, Delete, Op, Update
 
 MANAGED_BY_APPLY = "apply"
 

@@ -13,8 +13,8 @@ from typing import Protocol
 
 from yarl import URL
 
-from cluster.errors import Unauthenticated
-from cluster.identity.authenticate import Authenticator, Identity
+from wardgate.cluster.errors import Unauthenticated
+from wardgate.cluster.identity.authenticate import Authenticator, Identity
 
 
 class AdminPolicy(Protocol):

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cluster.errors import Invalid
+from wardgate.cluster.errors import Invalid
 
 MAX_JSON_DEPTH = 64
 """Deeper than any manifest: a deeper body is refused before validation walks it (recursively)."""

@@ -27,19 +27,19 @@ from urllib.parse import quote
 from aiohttp import web
 from yarl import URL
 
-from cluster.api import console_data as data
-from cluster.api import console_view as view
-from cluster.api.auth import AdminPolicy
-from cluster.api.site_log import Refused, route
-from cluster.authorize.state import GatewayState
-from cluster.errors import Forbidden, Unauthenticated, Unavailable
-from cluster.identity.authenticate import SESSION_COOKIE, Authenticator, Identity, session_cookie
-from cluster.identity.sessions import SessionService
-from cluster.resources.session import Session, SessionType
-from cluster.resources.wire import NodeStatus
-from cluster.store.cache import ResourceCache
-from cluster.usage.ledger import Ledger
-from cluster.usage.meter import Meter
+from wardgate.cluster.api import console_data as data
+from wardgate.cluster.api import console_view as view
+from wardgate.cluster.api.auth import AdminPolicy
+from wardgate.cluster.api.site_log import Refused, route
+from wardgate.cluster.authorize.state import GatewayState
+from wardgate.cluster.errors import Forbidden, Unauthenticated, Unavailable
+from wardgate.cluster.identity.authenticate import SESSION_COOKIE, Authenticator, Identity, session_cookie
+from wardgate.cluster.identity.sessions import SessionService
+from wardgate.cluster.resources.session import Session, SessionType
+from wardgate.cluster.resources.wire import NodeStatus
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.usage.ledger import Ledger
+from wardgate.cluster.usage.meter import Meter
 
 STYLESHEET = (Path(__file__).parent / "console_assets" / "console.css").read_bytes()
 BACK = ("/console", "/console/admin")

@@ -21,18 +21,18 @@ from typing import Any
 import orjson
 from yarl import URL
 
-from cluster.authorize.admit import Caller, Refusal, admit
-from cluster.authorize.facts import RequestFacts
-from cluster.authorize.state import GatewayState
-from cluster.identity.authenticate import Identity
-from cluster.resources.credential import Credential, CredentialType
-from cluster.resources.node import Node
-from cluster.resources.session import Session
-from cluster.resources.wire import NodeStatus
-from cluster.store.cache import ResourceCache
-from cluster.usage.ledger import HistoryRow
-from cluster.usage.meter import CounterRef, Meter
-from cluster.usage.rules import NANO, Who
+from wardgate.cluster.authorize.admit import Caller, Refusal, admit
+from wardgate.cluster.authorize.facts import RequestFacts
+from wardgate.cluster.authorize.state import GatewayState
+from wardgate.cluster.identity.authenticate import Identity
+from wardgate.cluster.resources.credential import Credential, CredentialType
+from wardgate.cluster.resources.node import Node
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.resources.wire import NodeStatus
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.usage.ledger import HistoryRow
+from wardgate.cluster.usage.meter import CounterRef, Meter
+from wardgate.cluster.usage.rules import NANO, Who
 
 RANGES: dict[str, tuple[float, float]] = {
     "1h": (3600, 300),

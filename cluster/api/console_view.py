@@ -12,7 +12,7 @@ from html import escape
 
 from aiohttp import web
 
-from cluster.api.console_data import Series, ServiceView
+from wardgate.cluster.api.console_data import Series, ServiceView
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "

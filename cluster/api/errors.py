@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated, Unavailable, WardgateError
+from wardgate.cluster.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated, Unavailable, WardgateError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import asyncio
 
 from aiohttp import web
 
-from cluster.api.state import CACHE, NODE, PROPAGATION, STORE
-from cluster.errors import WardgateError
+from wardgate.cluster.api.state import CACHE, NODE, PROPAGATION, STORE
+from wardgate.cluster.errors import WardgateError
 
 STORE_TIMEOUT = 2.0
 SYNC_TIMEOUT = 1.0

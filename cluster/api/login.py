@@ -32,17 +32,17 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 from aiohttp import web
 
-from cluster.api.site_log import Refused, route
-from cluster.errors import Unauthenticated, Unavailable
-from cluster.identity.authenticate import SESSION_COOKIE, Authenticator
-from cluster.identity.oidc import OidcClient, OidcError, Provider, authorization_url
-from cluster.identity.sessions import SessionService
-from cluster.identity.tokens import TokenService
-from cluster.resources.credential import Secret
-from cluster.resources.identity_provider import IdentityProvider
-from cluster.resources.session import Session, SessionType
-from cluster.resources.user import User, UserType
-from cluster.store.cache import ResourceCache
+from wardgate.cluster.api.site_log import Refused, route
+from wardgate.cluster.errors import Unauthenticated, Unavailable
+from wardgate.cluster.identity.authenticate import SESSION_COOKIE, Authenticator
+from wardgate.cluster.identity.oidc import OidcClient, OidcError, Provider, authorization_url
+from wardgate.cluster.identity.sessions import SessionService
+from wardgate.cluster.identity.tokens import TokenService
+from wardgate.cluster.resources.credential import Secret
+from wardgate.cluster.resources.identity_provider import IdentityProvider
+from wardgate.cluster.resources.session import Session, SessionType
+from wardgate.cluster.resources.user import User, UserType
+from wardgate.cluster.store.cache import ResourceCache
 
 log = logging.getLogger(__name__)
 

@@ -20,16 +20,16 @@ from urllib.parse import unquote_plus, urlsplit
 import orjson
 from aiohttp import web
 
-from cluster.api.site_log import Refused, oauth_error, route
-from cluster.errors import Unavailable
-from cluster.identity import credentials
-from cluster.identity.sessions import CLIENTLESS_TTL, SessionService
-from cluster.identity.tokens import TokenService
-from cluster.resources.credential import Credential, CredentialType
-from cluster.resources.service import Service
-from cluster.resources.session import SessionType
-from cluster.resources.user import User
-from cluster.store.cache import ResourceCache
+from wardgate.cluster.api.site_log import Refused, oauth_error, route
+from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.identity import credentials
+from wardgate.cluster.identity.sessions import CLIENTLESS_TTL, SessionService
+from wardgate.cluster.identity.tokens import TokenService
+from wardgate.cluster.resources.credential import Credential, CredentialType
+from wardgate.cluster.resources.service import Service
+from wardgate.cluster.resources.session import SessionType
+from wardgate.cluster.resources.user import User
+from wardgate.cluster.store.cache import ResourceCache
 
 
 def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:

@@ -9,10 +9,10 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from cluster.api.bodies import json_body
-from cluster.authorize.admit import Admission, Refusal
-from cluster.errors import Invalid, NotFound, Refused
-from cluster.policy.engine import Decision
+from wardgate.cluster.api.bodies import json_body
+from wardgate.cluster.authorize.admit import Admission, Refusal
+from wardgate.cluster.errors import Invalid, NotFound, Refused
+from wardgate.cluster.policy.engine import Decision
 
 
 class PolicyEvaluator(Protocol):

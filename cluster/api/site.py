@@ -18,9 +18,9 @@ from typing import Protocol
 
 from aiohttp import web
 
-from cluster.api.site_log import DOMAIN, access_log_middleware, refusal_middleware, route
-from cluster.api.state import ACCESS_LOG, NODE
-from cluster.observability.accesslog import AccessLog
+from wardgate.cluster.api.site_log import DOMAIN, access_log_middleware, refusal_middleware, route
+from wardgate.cluster.api.state import ACCESS_LOG, NODE
+from wardgate.cluster.observability.accesslog import AccessLog
 
 MAX_BODY = 64 * 1024
 """Token forms and client requests are small; a larger body is refused before it is read."""

@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cluster.api.errors import to_response
-from cluster.api.state import ACCESS_LOG, NODE
-from cluster.errors import WardgateError
+from wardgate.cluster.api.errors import to_response
+from wardgate.cluster.api.state import ACCESS_LOG, NODE
+from wardgate.cluster.errors import WardgateError
 
 log = logging.getLogger(__name__)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cluster.api.admission import ExpressionCheck
-from cluster.api.auth import AdminPolicy
-from cluster.api.policy_eval import PolicyEvaluator
-from cluster.identity.authenticate import Authenticator
-from cluster.observability.accesslog import AccessLog
-from cluster.observability.metrics import Metrics
-from cluster.store import Store
-from cluster.store.cache import ResourceCache
-from cluster.store.propagation import Propagation
+from wardgate.cluster.api.admission import ExpressionCheck
+from wardgate.cluster.api.auth import AdminPolicy
+from wardgate.cluster.api.policy_eval import PolicyEvaluator
+from wardgate.cluster.identity.authenticate import Authenticator
+from wardgate.cluster.observability.accesslog import AccessLog
+from wardgate.cluster.observability.metrics import Metrics
+from wardgate.cluster.store import Store
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.propagation import Propagation
 
 STORE = web.AppKey("store", Store)
 CACHE = web.AppKey("cache", ResourceCache)

@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster.authorize.state import GatewayState
-from cluster.errors import Invalid, Unavailable
-from cluster.resources.types import parse_duration
-from cluster.usage.ledger import BY, Ledger
-from cluster.usage.meter import Meter
-from cluster.usage.rules import NANO, QuotaRule
+from wardgate.cluster.authorize.state import GatewayState
+from wardgate.cluster.errors import Invalid, Unavailable
+from wardgate.cluster.resources.types import parse_duration
+from wardgate.cluster.usage.ledger import BY, Ledger
+from wardgate.cluster.usage.meter import Meter
+from wardgate.cluster.usage.rules import NANO, QuotaRule
 
 LEDGER: web.AppKey[Ledger] = web.AppKey("usage_ledger")
 METER = web.AppKey("usage_meter", Meter)

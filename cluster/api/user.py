@@ -20,20 +20,20 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from cluster.api.errors import error_response
-from cluster.api.site_log import route
-from cluster.errors import Invalid, Unauthenticated, Unavailable
-from cluster.identity import credentials
-from cluster.identity.addresses import AddressAllocator, TunnelSettings, session_is_live
-from cluster.identity.authenticate import Authenticator, Identity
-from cluster.identity.sessions import SessionService
-from cluster.identity.tokens import TokenService
-from cluster.resources.credential import Credential, CredentialType
-from cluster.resources.node import Node
-from cluster.resources.service import Service
-from cluster.resources.session import Session, SessionType
-from cluster.resources.user import User
-from cluster.resources.wire import (
+from wardgate.cluster.api.errors import error_response
+from wardgate.cluster.api.site_log import route
+from wardgate.cluster.errors import Invalid, Unauthenticated, Unavailable
+from wardgate.cluster.identity import credentials
+from wardgate.cluster.identity.addresses import AddressAllocator, TunnelSettings, session_is_live
+from wardgate.cluster.identity.authenticate import Authenticator, Identity
+from wardgate.cluster.identity.sessions import SessionService
+from wardgate.cluster.identity.tokens import TokenService
+from wardgate.cluster.resources.credential import Credential, CredentialType
+from wardgate.cluster.resources.node import Node
+from wardgate.cluster.resources.service import Service
+from wardgate.cluster.resources.session import Session, SessionType
+from wardgate.cluster.resources.user import User
+from wardgate.cluster.resources.wire import (
     ConnectRequest,
     ConnectResponse,
     LoginRequest,
@@ -44,7 +44,7 @@ from cluster.resources.wire import (
     SessionInfo,
     TokenGrant,
 )
-from cluster.store.cache import ResourceCache
+from wardgate.cluster.store.cache import ResourceCache
 
 M = TypeVar("M", bound=BaseModel)
 PREFIX = "/v1/client"

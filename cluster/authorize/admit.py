@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.authorize.facts import RequestFacts, policy_context, session_doc
-from cluster.authorize.state import ADMIN_SERVICE, GatewayState, Principal, Route, ServicePipeline
-from cluster.errors import Refused
-from cluster.identity.authenticate import Identity
-from cluster.policy.context import TooManyValues, parse_body_map
-from cluster.policy.engine import Decision, EvalInput, RuleSet, evaluate
+from wardgate.cluster.authorize.facts import RequestFacts, policy_context, session_doc
+from wardgate.cluster.authorize.state import ADMIN_SERVICE, GatewayState, Principal, Route, ServicePipeline
+from wardgate.cluster.errors import Refused
+from wardgate.cluster.identity.authenticate import Identity
+from wardgate.cluster.policy.context import TooManyValues, parse_body_map
+from wardgate.cluster.policy.engine import Decision, EvalInput, RuleSet, evaluate
 
 ADMIN_DOC: dict[str, Any] = {"metadata": {"name": ADMIN_SERVICE}, "spec": {"isPublic": False}}
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from yarl import URL
 
-from cluster.errors import Invalid
-from cluster.identity.authenticate import Identity, without_session_cookie
-from cluster.policy.context import build_ctx
-from cluster.usage.meter import EMPTY_USAGE
+from wardgate.cluster.errors import Invalid
+from wardgate.cluster.identity.authenticate import Identity, without_session_cookie
+from wardgate.cluster.policy.context import build_ctx
+from wardgate.cluster.usage.meter import EMPTY_USAGE
 
 HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization"})
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")

@@ -16,12 +16,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from cluster.authorize.state import STATE_KINDS, GatewayState, build_state
-from cluster.plugins.registry import PluginBuilder
-from cluster.policy import cel
-from cluster.resources.kinds import AnyResource
-from cluster.store import Event
-from cluster.store.cache import ResourceCache
+from wardgate.cluster.authorize.state import STATE_KINDS, GatewayState, build_state
+from wardgate.cluster.plugins.registry import PluginBuilder
+from wardgate.cluster.policy import cel
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.store import Event
+from wardgate.cluster.store.cache import ResourceCache
 
 log = logging.getLogger(__name__)
 

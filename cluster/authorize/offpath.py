@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 
 from yarl import URL
 
-from cluster.authorize.admit import Admission, Caller, Refusal, admit
-from cluster.authorize.facts import RequestFacts
-from cluster.authorize.state import ADMIN_SERVICE, GatewayState
-from cluster.errors import Forbidden, Refused
-from cluster.identity.authenticate import Identity
+from wardgate.cluster.authorize.admit import Admission, Caller, Refusal, admit
+from wardgate.cluster.authorize.facts import RequestFacts
+from wardgate.cluster.authorize.state import ADMIN_SERVICE, GatewayState
+from wardgate.cluster.errors import Forbidden, Refused
+from wardgate.cluster.identity.authenticate import Identity
 
 
 class AdminAccess:

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from cluster.resources.resilience import Fallback
-from cluster.resources.service import ServiceConfig
+from wardgate.cluster.resources.resilience import Fallback
+from wardgate.cluster.resources.service import ServiceConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from cluster.authorize.resilience import Endpoint, RetryPolicy, endpoints, fallback_order, retry_policy
-from cluster.plugins.manager import PluginChain
-from cluster.plugins.registry import PluginBuilder
-from cluster.policy import cel
-from cluster.policy.context import resource_doc
-from cluster.policy.engine import (
+from wardgate.cluster.authorize.resilience import Endpoint, RetryPolicy, endpoints, fallback_order, retry_policy
+from wardgate.cluster.plugins.manager import PluginChain
+from wardgate.cluster.plugins.registry import PluginBuilder
+from wardgate.cluster.policy import cel
+from wardgate.cluster.policy.context import resource_doc
+from wardgate.cluster.policy.engine import (
     CompiledCondition,
     ConditionError,
     EvalInput,
@@ -31,14 +31,14 @@ from cluster.policy.engine import (
     condition_reads_body,
     condition_uses_rego,
 )
-from cluster.resources.credential import Secret
-from cluster.resources.kinds import AnyResource
-from cluster.resources.policy import Policy, Scope
-from cluster.resources.pricing import Pricing
-from cluster.resources.quota import Quota
-from cluster.resources.service import Service, ServiceConfig
-from cluster.resources.user import Group, User
-from cluster.usage.rules import UsageRules, compile_usage
+from wardgate.cluster.resources.credential import Secret
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.resources.policy import Policy, Scope
+from wardgate.cluster.resources.pricing import Pricing
+from wardgate.cluster.resources.quota import Quota
+from wardgate.cluster.resources.service import Service, ServiceConfig
+from wardgate.cluster.resources.user import Group, User
+from wardgate.cluster.usage.rules import UsageRules, compile_usage
 
 log = logging.getLogger(__name__)
 

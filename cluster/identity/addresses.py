@@ -23,17 +23,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cluster.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unavailable
-from cluster.identity.authenticate import Identity
-from cluster.resources.credential import Credential
-from cluster.resources.node import AddressLease, lease_name
-from cluster.resources.session import Session, SessionType
-from cluster.resources.types import Duration
-from cluster.resources.user import User
-from cluster.resources.wire import TunnelNetwork
-from cluster.store import Create, Op, Store, Update
-from cluster.store.cache import ResourceCache
-from cluster.store.propagation import Propagation
+from wardgate.cluster.errors import Conflict, Forbidden, NotFound, Unauthenticated, Unavailable
+from wardgate.cluster.identity.authenticate import Identity
+from wardgate.cluster.resources.credential import Credential
+from wardgate.cluster.resources.node import AddressLease, lease_name
+from wardgate.cluster.resources.session import Session, SessionType
+from wardgate.cluster.resources.types import Duration
+from wardgate.cluster.resources.user import User
+from wardgate.cluster.resources.wire import TunnelNetwork
+from wardgate.cluster.store import Create, Op, Store, Update
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.propagation import Propagation
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 
 from aiohttp._cookie_helpers import parse_cookie_header
 
-from cluster.errors import Unauthenticated
-from cluster.identity import credentials
-from cluster.identity.tokens import TokenService
-from cluster.resources.credential import Credential, CredentialType
-from cluster.resources.session import Session
-from cluster.resources.user import User
-from cluster.store.cache import ResourceCache
+from wardgate.cluster.errors import Unauthenticated
+from wardgate.cluster.identity import credentials
+from wardgate.cluster.identity.tokens import TokenService
+from wardgate.cluster.resources.credential import Credential, CredentialType
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.resources.user import User
+from wardgate.cluster.store.cache import ResourceCache
 
 SESSION_COOKIE = "wardgate_session"
 _TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")

@@ -11,8 +11,8 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
-from cluster.resources.credential import Credential
-from cluster.resources.meta import NAME_PATTERN
+from wardgate.cluster.resources.credential import Credential
+from wardgate.cluster.resources.meta import NAME_PATTERN
 
 PREFIX = "wgt"
 _NO_MATCH = "0" * 64

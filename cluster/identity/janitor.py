@@ -9,10 +9,10 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from cluster.errors import NotFound
-from cluster.resources.session import Session
-from cluster.store import Delete, Store
-from cluster.store.cache import ResourceCache
+from wardgate.cluster.errors import NotFound
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.store import Delete, Store
+from wardgate.cluster.store.cache import ResourceCache
 
 log = logging.getLogger(__name__)
 

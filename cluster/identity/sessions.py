@@ -17,12 +17,12 @@ import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from cluster.errors import Conflict, NotFound, Unavailable
-from cluster.resources.credential import Credential
-from cluster.resources.session import Session, SessionType
-from cluster.store import Create, Delete, Op, Store
-from cluster.store.cache import ResourceCache
-from cluster.store.propagation import Propagation
+from wardgate.cluster.errors import Conflict, NotFound, Unavailable
+from wardgate.cluster.resources.credential import Credential
+from wardgate.cluster.resources.session import Session, SessionType
+from wardgate.cluster.store import Create, Delete, Op, Store
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.propagation import Propagation
 
 CLIENTLESS_TTL = timedelta(hours=1)
 """Lifetime of a Session made by the OAuth2 token endpoint (never beyond its credential's expiry)."""

@@ -19,7 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cluster.errors import Unauthenticated
+from wardgate.cluster.errors import Unauthenticated
 
 ALGORITHM = "EdDSA"
 LEEWAY_SECONDS = 5

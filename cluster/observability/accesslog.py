@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from cluster.observability.record import AccessRecord
+from wardgate.cluster.observability.record import AccessRecord
 
 
 class AccessLog:

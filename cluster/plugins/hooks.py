@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cluster.plugins.flow import HttpFlow
+from wardgate.cluster.plugins.flow import HttpFlow
 
 
 @dataclass(frozen=True, slots=True)

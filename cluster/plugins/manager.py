@@ -15,9 +15,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cluster.plugins.flow import HttpFlow, Request, Response
-from cluster.plugins.hooks import Hook, RequestHook, ResponseHeadersHook, ResponseHook
-from cluster.policy.engine import CompiledCondition, ConditionError, EvalInput
+from wardgate.cluster.plugins.flow import HttpFlow, Request, Response
+from wardgate.cluster.plugins.hooks import Hook, RequestHook, ResponseHeadersHook, ResponseHook
+from wardgate.cluster.policy.engine import CompiledCondition, ConditionError, EvalInput
 
 log = logging.getLogger(__name__)
 

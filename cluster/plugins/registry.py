@@ -13,14 +13,14 @@ import logging
 
 import aiohttp
 
-from cluster.plugins.builtin.direct_response import DirectResponse
-from cluster.plugins.builtin.extproc import ExtProc
-from cluster.plugins.builtin.headers import Headers
-from cluster.plugins.builtin.lua import check_script, make_lua_plugin
-from cluster.plugins.manager import Entry, PluginChain
-from cluster.policy import cel
-from cluster.policy.engine import compile_condition
-from cluster.resources.service import Plugin
+from wardgate.cluster.plugins.builtin.direct_response import DirectResponse
+from wardgate.cluster.plugins.builtin.extproc import ExtProc
+from wardgate.cluster.plugins.builtin.headers import Headers
+from wardgate.cluster.plugins.builtin.lua import check_script, make_lua_plugin
+from wardgate.cluster.plugins.manager import Entry, PluginChain
+from wardgate.cluster.policy import cel
+from wardgate.cluster.policy.engine import compile_condition
+from wardgate.cluster.resources.service import Plugin
 
 log = logging.getLogger(__name__)
 

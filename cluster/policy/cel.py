@@ -52,8 +52,8 @@ from typing import Any, Final, Protocol, cast
 from cel_expr_python import cel as _cel  # type: ignore[import-untyped]
 from cel_expr_python.ext import ext_strings as _ext_strings  # type: ignore[import-untyped]
 
-from cluster.policy import cel_ast, projection
-from cluster.policy.projection import Paths
+from wardgate.cluster.policy import cel_ast, projection
+from wardgate.cluster.policy.projection import Paths
 
 __all__ = [
     "MAX_EXPRESSION_LENGTH",

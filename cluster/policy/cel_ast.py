@@ -16,8 +16,8 @@ from cel.expr import checked_pb2  # type: ignore[import-untyped]
 from google.protobuf import any_pb2  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from cluster.policy import projection
-from cluster.policy.projection import Paths
+from wardgate.cluster.policy import projection
+from wardgate.cluster.policy.projection import Paths
 
 __all__ = ["SET_FUNCTIONS", "Analysis", "AstError", "analyze"]
 

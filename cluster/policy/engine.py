@@ -45,9 +45,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import overload
 
-from cluster.policy import cel, rego
-from cluster.policy.reasons import Reason
-from cluster.resources.policy import Authorization, Condition, Effect, PolicySpec, Scope
+from wardgate.cluster.policy import cel, rego
+from wardgate.cluster.policy.reasons import Reason
+from wardgate.cluster.resources.policy import Authorization, Condition, Effect, PolicySpec, Scope
 
 __all__ = [
     "CompiledCondition",

@@ -97,8 +97,8 @@ import threading
 from collections import OrderedDict
 from typing import Final
 
-from cluster.policy import rego_capi as capi
-from cluster.policy.rego_errors import (
+from wardgate.cluster.policy import rego_capi as capi
+from wardgate.cluster.policy.rego_errors import (
     BAD_INPUT,
     INPUT_TOO_LARGE,
     NOT_BOOLEAN,
@@ -109,8 +109,8 @@ from cluster.policy.rego_errors import (
     RegoEvalError,
     RegoTimeoutError,
 )
-from cluster.policy.rego_eval import DECISION_PACKAGE, DEFAULT_TIME_LIMIT, ENTRYPOINT, RegoProgram, node_errors
-from cluster.policy.rego_input import MAX_INPUT_DEPTH, MAX_INPUT_VALUES, RegoInput, input_paths
+from wardgate.cluster.policy.rego_eval import DECISION_PACKAGE, DEFAULT_TIME_LIMIT, ENTRYPOINT, RegoProgram, node_errors
+from wardgate.cluster.policy.rego_input import MAX_INPUT_DEPTH, MAX_INPUT_VALUES, RegoInput, input_paths
 
 __all__ = [
     "BAD_INPUT",

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, Final
 
-from cluster.policy import projection
-from cluster.policy import rego_capi as capi
-from cluster.policy.rego_errors import BAD_INPUT, NOT_BOOLEAN, RegoEvalError, RegoTimeoutError
-from cluster.policy.rego_input import RegoInput, input_paths
+from wardgate.cluster.policy import projection
+from wardgate.cluster.policy import rego_capi as capi
+from wardgate.cluster.policy.rego_errors import BAD_INPUT, NOT_BOOLEAN, RegoEvalError, RegoTimeoutError
+from wardgate.cluster.policy.rego_input import RegoInput, input_paths
 
 __all__ = ["DEFAULT_TIME_LIMIT", "ENTRYPOINT", "WORKER_THREADS", "RegoProgram", "node_errors"]
 

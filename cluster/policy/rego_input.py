@@ -14,10 +14,10 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from cluster.policy import projection
-from cluster.policy import rego_capi as capi
-from cluster.policy.projection import Paths
-from cluster.policy.rego_errors import BAD_INPUT, INPUT_TOO_LARGE, TIME_LIMIT, RegoEvalError
+from wardgate.cluster.policy import projection
+from wardgate.cluster.policy import rego_capi as capi
+from wardgate.cluster.policy.projection import Paths
+from wardgate.cluster.policy.rego_errors import BAD_INPUT, INPUT_TOO_LARGE, TIME_LIMIT, RegoEvalError
 
 __all__ = ["MAX_INPUT_DEPTH", "MAX_INPUT_VALUES", "RegoInput", "input_paths"]
 

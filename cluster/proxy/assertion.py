@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 
-from cluster.identity.tokens import ALGORITHM, SigningKey
+from wardgate.cluster.identity.tokens import ALGORITHM, SigningKey
 
 HEADER = "x-wardgate-assertion"
 LIFETIME = 60

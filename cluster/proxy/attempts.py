@@ -21,12 +21,12 @@ from time import time as wall_clock
 
 import orjson
 
-from cluster.authorize.state import Route
-from cluster.plugins.flow import HttpFlow
-from cluster.plugins.flow import Request as FlowRequest
-from cluster.plugins.manager import ChainRun
-from cluster.proxy.exchange import Exchange
-from cluster.proxy.headers import upstream_request_headers
+from wardgate.cluster.authorize.state import Route
+from wardgate.cluster.plugins.flow import HttpFlow
+from wardgate.cluster.plugins.flow import Request as FlowRequest
+from wardgate.cluster.plugins.manager import ChainRun
+from wardgate.cluster.proxy.exchange import Exchange
+from wardgate.cluster.proxy.headers import upstream_request_headers
 
 FIRST_TOKEN_TIMEOUT = "first token timeout"
 

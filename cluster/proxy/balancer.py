@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cluster.authorize.resilience import Endpoint, RetryPolicy
+from wardgate.cluster.authorize.resilience import Endpoint, RetryPolicy
 
 MAX_ROTATIONS = 4096
 """Round-robin positions kept (one per distinct endpoint list); past it they start afresh."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cluster.resources.service import Cors
+from wardgate.cluster.resources.service import Cors
 
 
 def cors_headers(cors: Cors, origin: str) -> dict[str, str] | None:

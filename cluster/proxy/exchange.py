@@ -12,18 +12,18 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from cluster.authorize.admit import Admission
-from cluster.authorize.facts import RequestFacts
-from cluster.authorize.resilience import Endpoint
-from cluster.authorize.state import GatewayState, Route
-from cluster.errors import Refused
-from cluster.observability.otlp import SpanKind, SpanRecord, TraceContext
-from cluster.observability.record import AccessRecord, DecisionRecord
-from cluster.plugins.flow import HttpFlow
-from cluster.plugins.manager import ChainRun
-from cluster.policy.engine import Decision
-from cluster.proxy.llm import ResponseTap
-from cluster.usage.meter import Metering
+from wardgate.cluster.authorize.admit import Admission
+from wardgate.cluster.authorize.facts import RequestFacts
+from wardgate.cluster.authorize.resilience import Endpoint
+from wardgate.cluster.authorize.state import GatewayState, Route
+from wardgate.cluster.errors import Refused
+from wardgate.cluster.observability.otlp import SpanKind, SpanRecord, TraceContext
+from wardgate.cluster.observability.record import AccessRecord, DecisionRecord
+from wardgate.cluster.plugins.flow import HttpFlow
+from wardgate.cluster.plugins.manager import ChainRun
+from wardgate.cluster.policy.engine import Decision
+from wardgate.cluster.proxy.llm import ResponseTap
+from wardgate.cluster.usage.meter import Metering
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict
 
-from cluster.identity.authenticate import SESSION_COOKIE, without_session_cookie
-from cluster.resources.service import identity_header
+from wardgate.cluster.identity.authenticate import SESSION_COOKIE, without_session_cookie
+from wardgate.cluster.resources.service import identity_header
 
 HOP_BY_HOP = frozenset(
     {

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from cluster.usage.extract import Usage, merge, produced_text, usage_of
+from wardgate.cluster.usage.extract import Usage, merge, produced_text, usage_of
 
 TAIL_BYTES = 16 * 1024
 HEAD_BYTES = 8 * 1024

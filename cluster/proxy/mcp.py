@@ -22,13 +22,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cluster.authorize.admit import Admission, Caller, Refusal, admit
-from cluster.authorize.facts import RequestFacts
-from cluster.authorize.resilience import Endpoint
-from cluster.authorize.state import GatewayState, ServicePipeline
-from cluster.errors import Refused
-from cluster.proxy.exchange import Exchange, decision_record
-from cluster.proxy.mcp_rpc import (
+from wardgate.cluster.authorize.admit import Admission, Caller, Refusal, admit
+from wardgate.cluster.authorize.facts import RequestFacts
+from wardgate.cluster.authorize.resilience import Endpoint
+from wardgate.cluster.authorize.state import GatewayState, ServicePipeline
+from wardgate.cluster.errors import Refused
+from wardgate.cluster.proxy.exchange import Exchange, decision_record
+from wardgate.cluster.proxy.mcp_rpc import (
     INVALID_REQUEST,
     PARSE_ERROR,
     TRANSPORT,
@@ -40,7 +40,7 @@ from cluster.proxy.mcp_rpc import (
     forwarded,
     parse,
 )
-from cluster.proxy.metering import gate as quota_gate
+from wardgate.cluster.proxy.metering import gate as quota_gate
 
 ENDPOINT = "/mcp"
 METADATA_PATH = "/.well-known/oauth-protected-resource"

@@ -16,14 +16,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cluster.authorize.state import GatewayState
-from cluster.errors import Refused
-from cluster.identity.authenticate import Identity
-from cluster.observability.otlp import SpanKind
-from cluster.proxy.exchange import Exchange
-from cluster.proxy.llm import request_model
-from cluster.usage.meter import EMPTY_USAGE, Exceeded, Meter, reset_text
-from cluster.usage.rules import NANO, Who
+from wardgate.cluster.authorize.state import GatewayState
+from wardgate.cluster.errors import Refused
+from wardgate.cluster.identity.authenticate import Identity
+from wardgate.cluster.observability.otlp import SpanKind
+from wardgate.cluster.proxy.exchange import Exchange
+from wardgate.cluster.proxy.llm import request_model
+from wardgate.cluster.usage.meter import EMPTY_USAGE, Exceeded, Meter, reset_text
+from wardgate.cluster.usage.rules import NANO, Who
 
 NO_RETRY_AFTER = 60
 """Past this wait a refusal tells SDKs not to retry on their own (`x-should-retry: false`)."""

@@ -15,10 +15,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from cluster.resources.credential import Credential
-from cluster.resources.user import User
-from cluster.store import Event, EventType
-from cluster.store.cache import ResourceCache
+from wardgate.cluster.resources.credential import Credential
+from wardgate.cluster.resources.user import User
+from wardgate.cluster.store import Event, EventType
+from wardgate.cluster.store.cache import ResourceCache
 
 log = logging.getLogger(__name__)
 

@@ -21,30 +21,30 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from cluster.authorize.admit import Admission, Caller, Refusal, admit
-from cluster.authorize.facts import RequestFacts, normalize_path
-from cluster.authorize.state import GatewayState, ServicePipeline
-from cluster.errors import Refused, Unauthenticated
-from cluster.identity.authenticate import Authenticator, Identity, session_cookie
-from cluster.observability.accesslog import AccessLog
-from cluster.observability.metrics import Metrics
-from cluster.observability.otlp import Exporter, SpanKind, SpanRecord, new_trace
-from cluster.observability.record import AccessRecord, PluginFailure
-from cluster.plugins.flow import HttpFlow
-from cluster.plugins.flow import Request as FlowRequest
-from cluster.plugins.manager import PluginError
-from cluster.policy.context import TooManyValues, parse_body_map
-from cluster.proxy import cors
-from cluster.proxy import mcp as mcp_mode
-from cluster.proxy.exchange import Exchange, decision_record, server_attributes
-from cluster.proxy.headers import upstream_request_headers
-from cluster.proxy.llm import request_model
-from cluster.proxy.metering import begin as begin_metering
-from cluster.proxy.metering import gate as quota_gate
-from cluster.proxy.metering import settle as settle_usage
-from cluster.proxy.revocation import LiveConnections
-from cluster.proxy.upstream import StreamBroken, Upstream, UpstreamRefused, complete
-from cluster.usage.meter import Meter
+from wardgate.cluster.authorize.admit import Admission, Caller, Refusal, admit
+from wardgate.cluster.authorize.facts import RequestFacts, normalize_path
+from wardgate.cluster.authorize.state import GatewayState, ServicePipeline
+from wardgate.cluster.errors import Refused, Unauthenticated
+from wardgate.cluster.identity.authenticate import Authenticator, Identity, session_cookie
+from wardgate.cluster.observability.accesslog import AccessLog
+from wardgate.cluster.observability.metrics import Metrics
+from wardgate.cluster.observability.otlp import Exporter, SpanKind, SpanRecord, new_trace
+from wardgate.cluster.observability.record import AccessRecord, PluginFailure
+from wardgate.cluster.plugins.flow import HttpFlow
+from wardgate.cluster.plugins.flow import Request as FlowRequest
+from wardgate.cluster.plugins.manager import PluginError
+from wardgate.cluster.policy.context import TooManyValues, parse_body_map
+from wardgate.cluster.proxy import cors
+from wardgate.cluster.proxy import mcp as mcp_mode
+from wardgate.cluster.proxy.exchange import Exchange, decision_record, server_attributes
+from wardgate.cluster.proxy.headers import upstream_request_headers
+from wardgate.cluster.proxy.llm import request_model
+from wardgate.cluster.proxy.metering import begin as begin_metering
+from wardgate.cluster.proxy.metering import gate as quota_gate
+from wardgate.cluster.proxy.metering import settle as settle_usage
+from wardgate.cluster.proxy.revocation import LiveConnections
+from wardgate.cluster.proxy.upstream import StreamBroken, Upstream, UpstreamRefused, complete
+from wardgate.cluster.usage.meter import Meter
 
 log = logging.getLogger(__name__)
 

@@ -22,18 +22,18 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from cluster.authorize.state import GatewayState
-from cluster.errors import Refused
-from cluster.identity.addresses import TunnelIdentities
-from cluster.identity.authenticate import Identity
-from cluster.observability.accesslog import AccessLog
-from cluster.proxy.connections import ConnectionGuard, ConnectionLimits
-from cluster.proxy.exchange import openai_error
-from cluster.proxy.listener import ListenerServer, Malformed
-from cluster.proxy.revocation import LiveConnections
-from cluster.proxy.server import Gateway, Handler, Listener, Telemetry
-from cluster.proxy.upstream import Upstream
-from cluster.usage.meter import Meter
+from wardgate.cluster.authorize.state import GatewayState
+from wardgate.cluster.errors import Refused
+from wardgate.cluster.identity.addresses import TunnelIdentities
+from wardgate.cluster.identity.authenticate import Identity
+from wardgate.cluster.observability.accesslog import AccessLog
+from wardgate.cluster.proxy.connections import ConnectionGuard, ConnectionLimits
+from wardgate.cluster.proxy.exchange import openai_error
+from wardgate.cluster.proxy.listener import ListenerServer, Malformed
+from wardgate.cluster.proxy.revocation import LiveConnections
+from wardgate.cluster.proxy.server import Gateway, Handler, Listener, Telemetry
+from wardgate.cluster.proxy.upstream import Upstream
+from wardgate.cluster.usage.meter import Meter
 
 log = logging.getLogger(__name__)
 

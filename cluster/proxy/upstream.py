@@ -21,23 +21,23 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from cluster.authorize.resilience import Endpoint
-from cluster.authorize.state import GatewayState, Route
-from cluster.errors import Refused, Unavailable
-from cluster.observability.otlp import SpanKind
-from cluster.observability.record import AttemptRecord
-from cluster.plugins.flow import HttpFlow
-from cluster.plugins.flow import Request as FlowRequest
-from cluster.plugins.flow import Response as FlowResponse
-from cluster.plugins.manager import ChainRun
-from cluster.proxy import assertion
-from cluster.proxy.attempts import FIRST_TOKEN_TIMEOUT, AttemptFailed, Plan, hop_request, retry_after
-from cluster.proxy.balancer import Balancer
-from cluster.proxy.cors import cors_headers
-from cluster.proxy.exchange import Exchange, openai_error
-from cluster.proxy.headers import client_response_headers
-from cluster.proxy.llm import ResponseTap
-from cluster.proxy.upstream_auth import OAuth2TokenCache, auth_header
+from wardgate.cluster.authorize.resilience import Endpoint
+from wardgate.cluster.authorize.state import GatewayState, Route
+from wardgate.cluster.errors import Refused, Unavailable
+from wardgate.cluster.observability.otlp import SpanKind
+from wardgate.cluster.observability.record import AttemptRecord
+from wardgate.cluster.plugins.flow import HttpFlow
+from wardgate.cluster.plugins.flow import Request as FlowRequest
+from wardgate.cluster.plugins.flow import Response as FlowResponse
+from wardgate.cluster.plugins.manager import ChainRun
+from wardgate.cluster.proxy import assertion
+from wardgate.cluster.proxy.attempts import FIRST_TOKEN_TIMEOUT, AttemptFailed, Plan, hop_request, retry_after
+from wardgate.cluster.proxy.balancer import Balancer
+from wardgate.cluster.proxy.cors import cors_headers
+from wardgate.cluster.proxy.exchange import Exchange, openai_error
+from wardgate.cluster.proxy.headers import client_response_headers
+from wardgate.cluster.proxy.llm import ResponseTap
+from wardgate.cluster.proxy.upstream_auth import OAuth2TokenCache, auth_header
 
 MAX_BUFFERED_RESPONSE = 32 * 1024 * 1024
 """The largest upstream response held in memory for plugins with a `response` hook (larger: 502)."""

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from cluster.errors import Unavailable
-from cluster.resources.service import OAuth2ClientCredentialsAuth, UpstreamAuth
-from cluster.resources.types import SecretRef
+from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.resources.service import OAuth2ClientCredentialsAuth, UpstreamAuth
+from wardgate.cluster.resources.types import SecretRef
 
 
 def secret_value(secrets: Mapping[str, Mapping[str, str]], ref: SecretRef) -> str:

@@ -1,8 +1,8 @@
 """The wire and storage contract: resource models (pure pydantic), shared by cluster, agent and client."""
 
-from cluster.resources.kinds import KINDS, AnyResource, kind_of, plural_to_kind
-from cluster.resources.manifest import ManifestError, parse_documents, parse_manifest
-from cluster.resources.meta import Metadata, Resource
+from wardgate.cluster.resources.kinds import KINDS, AnyResource, kind_of, plural_to_kind
+from wardgate.cluster.resources.manifest import ManifestError, parse_documents, parse_manifest
+from wardgate.cluster.resources.meta import Metadata, Resource
 
 __all__ = [
     "KINDS",

@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from cluster.resources.meta import EmptyStatus, Model, Resource
-from cluster.resources.types import SecretRef
+from wardgate.cluster.resources.meta import EmptyStatus, Model, Resource
+from wardgate.cluster.resources.types import SecretRef
 
 
 class IdentityProviderSpec(Model):

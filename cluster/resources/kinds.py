@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.resources.credential import Credential, Secret
-from cluster.resources.identity_provider import IdentityProvider
-from cluster.resources.node import AddressLease, Node
-from cluster.resources.policy import Policy
-from cluster.resources.pricing import Pricing
-from cluster.resources.quota import Quota
-from cluster.resources.service import Service
-from cluster.resources.session import Session
-from cluster.resources.user import Group, User
+from wardgate.cluster.resources.credential import Credential, Secret
+from wardgate.cluster.resources.identity_provider import IdentityProvider
+from wardgate.cluster.resources.node import AddressLease, Node
+from wardgate.cluster.resources.policy import Policy
+from wardgate.cluster.resources.pricing import Pricing
+from wardgate.cluster.resources.quota import Quota
+from wardgate.cluster.resources.service import Service
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.resources.user import Group, User
 
 AnyResource = (
     Service

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from cluster.resources.kinds import KINDS, AnyResource
+from wardgate.cluster.resources.kinds import KINDS, AnyResource
 
 
 @dataclass(frozen=True, slots=True)

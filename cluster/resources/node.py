@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from cluster.resources.meta import EmptyStatus, Model, Name, Resource
+from wardgate.cluster.resources.meta import EmptyStatus, Model, Name, Resource
 
 
 def check_wg_key(value: str) -> str:

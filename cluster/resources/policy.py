@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from cluster.resources.meta import EmptyStatus, Model, Name, Resource
+from wardgate.cluster.resources.meta import EmptyStatus, Model, Name, Resource
 
 MAX_EXPRESSION_LENGTH = 10_000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from cluster.resources.meta import EmptyStatus, Model, Resource
+from wardgate.cluster.resources.meta import EmptyStatus, Model, Resource
 
 
 class ModelPrice(Model):

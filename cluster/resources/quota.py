@@ -10,8 +10,8 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from cluster.resources.meta import EmptyStatus, Model, Name, Resource
-from cluster.resources.types import Duration
+from wardgate.cluster.resources.meta import EmptyStatus, Model, Name, Resource
+from wardgate.cluster.resources.types import Duration
 
 MAX_WINDOW = 366 * 86400.0
 

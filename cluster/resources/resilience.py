@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from cluster.resources.meta import Model, Name
-from cluster.resources.types import Duration
+from wardgate.cluster.resources.meta import Model, Name
+from wardgate.cluster.resources.types import Duration
 
 FAILURE_KINDS = ("connect", "timeout", "reset")
 """`connect`: no connection (the upstream never saw the request); `timeout`: no answer in time; `reset`: the

@@ -7,10 +7,10 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from cluster.resources.meta import EmptyStatus, Model, Name, Resource
-from cluster.resources.policy import Authorization, Condition
-from cluster.resources.resilience import Balance, EndpointHealth, Fallbacks, Retry, check_fallbacks
-from cluster.resources.types import Duration, HeaderName, HeaderValue, SecretRef
+from wardgate.cluster.resources.meta import EmptyStatus, Model, Name, Resource
+from wardgate.cluster.resources.policy import Authorization, Condition
+from wardgate.cluster.resources.resilience import Balance, EndpointHealth, Fallbacks, Retry, check_fallbacks
+from wardgate.cluster.resources.types import Duration, HeaderName, HeaderValue, SecretRef
 
 
 def _check_upstream_url(value: str) -> str:

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from cluster.resources.meta import EmptyStatus, Model, Name, Resource
+from wardgate.cluster.resources.meta import EmptyStatus, Model, Name, Resource
 
 
 class SessionType(StrEnum):

@@ -6,8 +6,8 @@ from enum import StrEnum
 
 from pydantic import Field, field_validator
 
-from cluster.resources.meta import EmptyStatus, Model, Name, Resource
-from cluster.resources.policy import Authorization
+from wardgate.cluster.resources.meta import EmptyStatus, Model, Name, Resource
+from wardgate.cluster.resources.policy import Authorization
 
 
 class UserType(StrEnum):

@@ -18,8 +18,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from cluster.resources.meta import Name
-from cluster.resources.node import IpAddress, WgKey
+from wardgate.cluster.resources.meta import Name
+from wardgate.cluster.resources.node import IpAddress, WgKey
 
 
 class Wire(BaseModel):

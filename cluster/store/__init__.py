@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from cluster.resources.kinds import AnyResource
+from wardgate.cluster.resources.kinds import AnyResource
 
 
 class EventType(StrEnum):

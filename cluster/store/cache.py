@@ -10,8 +10,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from cluster.resources.kinds import AnyResource
-from cluster.store import Compacted, Event, EventType, Store
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.store import Compacted, Event, EventType, Store
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from cryptography.exceptions import InvalidTag
 
-from cluster.errors import Unavailable
-from cluster.resources.kinds import AnyResource, from_document, to_document
-from cluster.store.sealing import SEALED_KINDS, Sealer
+from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.resources.kinds import AnyResource, from_document, to_document
+from wardgate.cluster.store.sealing import SEALED_KINDS, Sealer
 
 
 def encode(resource: AnyResource, sealer: Sealer | None) -> tuple[bool, bytes]:

@@ -6,10 +6,10 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Sequence
 
-from cluster.errors import NotFound
-from cluster.resources.kinds import AnyResource
-from cluster.store import Compacted, Event, EventType, Op, Store
-from cluster.store.ops import apply_op, key_of
+from wardgate.cluster.errors import NotFound
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.store import Compacted, Event, EventType, Op, Store
+from wardgate.cluster.store.ops import apply_op, key_of
 
 
 class MemoryStore:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from cluster.errors import Conflict, NotFound
-from cluster.resources.kinds import AnyResource
-from cluster.store import Create, Delete, Op, Update
+from wardgate.cluster.errors import Conflict, NotFound
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.store import Create, Delete, Op, Update
 
 
 def key_of(op: Op) -> tuple[str, str]:

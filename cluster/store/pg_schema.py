@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from cluster.errors import Unavailable
+from wardgate.cluster.errors import Unavailable
 
 if TYPE_CHECKING:
     import asyncpg

@@ -24,15 +24,15 @@ from urllib.parse import urlsplit
 import asyncpg
 from cryptography.exceptions import InvalidTag
 
-from cluster.errors import Invalid, NotFound, Unavailable
-from cluster.resources.kinds import AnyResource
-from cluster.store import Compacted, Event, EventType, Op, Store, codec
-from cluster.store.ops import apply_op, key_of
-from cluster.store.pg_schema import CHANNEL, migrate
-from cluster.store.sealing import Sealer
+from wardgate.cluster.errors import Invalid, NotFound, Unavailable
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.store import Compacted, Event, EventType, Op, Store, codec
+from wardgate.cluster.store.ops import apply_op, key_of
+from wardgate.cluster.store.pg_schema import CHANNEL, migrate
+from wardgate.cluster.store.sealing import Sealer
 
 if TYPE_CHECKING:
-    from cluster.store.pg_schema import Connection
+    from wardgate.cluster.store.pg_schema import Connection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

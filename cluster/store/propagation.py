@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from cluster.errors import Unavailable
+from wardgate.cluster.errors import Unavailable
 
 SETTLE_TIMEOUT = 5.0
 

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from cluster.errors import NotFound, Unavailable
-from cluster.resources.kinds import AnyResource
-from cluster.store import Compacted, Event, EventType, Op, codec
-from cluster.store.ops import apply_op, key_of
-from cluster.store.sealing import Sealer
+from wardgate.cluster.errors import NotFound, Unavailable
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.store import Compacted, Event, EventType, Op, codec
+from wardgate.cluster.store.ops import apply_op, key_of
+from wardgate.cluster.store.sealing import Sealer
 
 T = TypeVar("T")
 

@@ -22,8 +22,8 @@ import struct
 import time
 from pathlib import Path
 
-from cluster.errors import Unavailable
-from cluster.store.propagation import SETTLE_TIMEOUT, Propagation
+from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.store.propagation import SETTLE_TIMEOUT, Propagation
 
 _SLOT = struct.Struct("<qq")
 """pid (0: free), applied revision."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cluster.errors import Unavailable
+from wardgate.cluster.errors import Unavailable
 
 _HEADER = struct.Struct("<8sq")
 _MAGIC = b"WGCOUNT1"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cluster.errors import Invalid, Unavailable
+from wardgate.cluster.errors import Invalid, Unavailable
 
 BY = ("user", "group", "credential", "session", "service", "model", "config")
 

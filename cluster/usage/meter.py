@@ -20,13 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.errors import Unavailable
-from cluster.observability.record import AccessRecord, QuotaRecord
-from cluster.usage.counters import Charge, Counters
-from cluster.usage.extract import Usage, prompt_text, requested_output
-from cluster.usage.ledger import Ledger, LedgerRow
-from cluster.usage.rules import FREE, NANO, LimitRule, Price, QuotaRule, UsageRules, Who
-from cluster.usage.tokenizer import Tokenizer
+from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.observability.record import AccessRecord, QuotaRecord
+from wardgate.cluster.usage.counters import Charge, Counters
+from wardgate.cluster.usage.extract import Usage, prompt_text, requested_output
+from wardgate.cluster.usage.ledger import Ledger, LedgerRow
+from wardgate.cluster.usage.rules import FREE, NANO, LimitRule, Price, QuotaRule, UsageRules, Who
+from wardgate.cluster.usage.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

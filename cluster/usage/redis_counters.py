@@ -13,8 +13,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from cluster.errors import Unavailable
-from cluster.usage.counters import Charge, Charged, Counters
+from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.usage.counters import Charge, Charged, Counters
 
 KEY_PREFIX = "wardgate:quota:"
 

@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cluster.resources.pricing import Pricing
-from cluster.resources.quota import FailMode, Quota, QuotaKey
+from wardgate.cluster.resources.pricing import Pricing
+from wardgate.cluster.resources.quota import FailMode, Quota, QuotaKey
 
 NANO = 1_000_000_000
 """Cost counters count nano-units of the currency (integers: exact in Redis and in the node's file)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cluster.resources.types import parse_duration
+from wardgate.cluster.resources.types import parse_duration
 
 
 class UsageSettings(BaseModel):

@@ -7,14 +7,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.applier import Applier
-from agent.config import AgentConfig
-from agent.control import ClusterConnection
-from agent.dns import DnsServer
-from agent.main import Agent, load_or_create_key
-from agent.wg import PrivateKey
-from agent.wg.fake import FakeDevice
-from cluster.resources.wire import PeerEntry, PeerSet, TunnelNetwork
+from wardgate.agent.applier import Applier
+from wardgate.agent.config import AgentConfig
+from wardgate.agent.control import ClusterConnection
+from wardgate.agent.dns import DnsServer
+from wardgate.agent.main import Agent, load_or_create_key
+from wardgate.agent.wg import PrivateKey
+from wardgate.agent.wg.fake import FakeDevice
+from wardgate.cluster.resources.wire import PeerEntry, PeerSet, TunnelNetwork
 
 NETWORK = TunnelNetwork(
     ipv4_range="100.64.0.0/10",

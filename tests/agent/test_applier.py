@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from agent.applier import Applier
-from agent.wg import DeviceConfig, DeviceUnavailableError, PrivateKey
-from agent.wg.fake import FakeDevice
+from wardgate.agent.applier import Applier
+from wardgate.agent.wg import DeviceConfig, DeviceUnavailableError, PrivateKey
+from wardgate.agent.wg.fake import FakeDevice
 
 
 async def test_operations_run_in_order_and_a_lost_device_is_reopened() -> None:

@@ -9,7 +9,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from agent.dns import Zone, answer
+from wardgate.agent.dns import Zone, answer
 
 ZONE = Zone(name="local.example.com", services=frozenset({"llm", "my-api"}), ipv4="100.64.0.1", ipv6="fd77::1")
 

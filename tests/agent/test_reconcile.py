@@ -7,9 +7,9 @@ from ipaddress import ip_network
 
 import pytest
 
-from agent.reconcile import Desired, DesiredPeer, desired_peers, next_expiry, plan, wanted
-from agent.wg import DeviceConfig, DeviceState, IPNetwork, PeerConfig, PeerState, PrivateKey, PublicKey
-from cluster.resources.wire import PeerEntry, PeerSet, TunnelNetwork
+from wardgate.agent.reconcile import Desired, DesiredPeer, desired_peers, next_expiry, plan, wanted
+from wardgate.agent.wg import DeviceConfig, DeviceState, IPNetwork, PeerConfig, PeerState, PrivateKey, PublicKey
+from wardgate.cluster.resources.wire import PeerEntry, PeerSet, TunnelNetwork
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
@@ -121,7 +121,7 @@ def test_plan(desired: Desired, observed: DeviceState, expected: DeviceConfig) -
 
 @pytest.mark.parametrize(("desired", "observed", "expected"), CASES)
 def test_applying_the_plan_converges(desired: Desired, observed: DeviceState, expected: DeviceConfig) -> None:
-    from agent.wg.fake import apply
+    from wardgate.agent.wg.fake import apply
 
     after = apply(observed, plan(desired, observed, NOW))
     assert plan(desired, after, NOW) == DeviceConfig()

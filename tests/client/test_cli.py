@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client import cli, tunnel
 from tests.conftest import RunningCluster, free_port
 from tests.integration.gateway_env import create_credential
+from wardgate.client import cli, tunnel
 
 
 @pytest.fixture(autouse=True)

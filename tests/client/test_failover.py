@@ -8,10 +8,10 @@ from ipaddress import ip_network
 
 import pytest
 
-from agent.wg import DeviceConfig, Endpoint, PrivateKey, PublicKey
-from agent.wg.fake import FakeDevice
-from client.failover import Failover, ProbeSettings, resolve_endpoint, tcp_probe
-from cluster.resources.wire import NodePeer
+from wardgate.agent.wg import DeviceConfig, Endpoint, PrivateKey, PublicKey
+from wardgate.agent.wg.fake import FakeDevice
+from wardgate.client.failover import Failover, ProbeSettings, resolve_endpoint, tcp_probe
+from wardgate.cluster.resources.wire import NodePeer
 
 GATEWAYS = (ip_network("100.64.0.1/32"), ip_network("fd77:6172:6467::1/128"))
 FAST = ProbeSettings(interval=0.001, timeout=0.01, failures=3)

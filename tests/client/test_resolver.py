@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from client.errors import ClientError
-from client.resolver import MARKER, current_netns, resolv_conf_text, restore, write_resolv_conf
+from wardgate.client.errors import ClientError
+from wardgate.client.resolver import MARKER, current_netns, resolv_conf_text, restore, write_resolv_conf
 
 
 @pytest.mark.parametrize(

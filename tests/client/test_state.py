@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from client.errors import ClientError
-from client.state import ConnectionState, LoginState, ResolverChange, StateFiles, config_dir
+from wardgate.client.errors import ClientError
+from wardgate.client.state import ConnectionState, LoginState, ResolverChange, StateFiles, config_dir
 
 LOGIN = LoginState(
     domain="wardgate.test",

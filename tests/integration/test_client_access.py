@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 import yaml
 
-from agent.wg import PrivateKey
-from client.errors import ClientError
-from client.user_api import SessionEnded, UserApi
-from cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, PeerStatus, TunnelNetwork, WatchEvent
 from tests.conftest import RunningCluster, start_cluster, stop_cluster
 from tests.integration.gateway_env import create_credential
+from wardgate.agent.wg import PrivateKey
+from wardgate.client.errors import ClientError
+from wardgate.client.user_api import SessionEnded, UserApi
+from wardgate.cluster.resources.wire import NodeRegistration, NodeStatus, PeerSet, PeerStatus, TunnelNetwork, WatchEvent
 
 USERS = [
     {"kind": "User", "metadata": {"name": "alice"}, "spec": {"type": "HUMAN", "groups": ["ops"]}},

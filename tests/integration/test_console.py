@@ -25,13 +25,13 @@ import openai
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from agent.wg import PrivateKey
-from client.user_api import SessionEnded, UserApi
-from cluster.resources.wire import NodeRegistration, NodeStatus, PeerStatus
 from tests.conftest import RunningCluster, start_cluster, stop_cluster
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.integration.gateway_env import apply_docs, create_credential
 from tests.integration.test_browser_login import CAROL, CLIENT_SECRET, idp_doc, run_idp, service_doc, user_doc
+from wardgate.agent.wg import PrivateKey
+from wardgate.client.user_api import SessionEnded, UserApi
+from wardgate.cluster.resources.wire import NodeRegistration, NodeStatus, PeerStatus
 
 pytestmark = [
     pytest.mark.usefixtures("loopback_names"),

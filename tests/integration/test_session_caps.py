@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import jwt
 
-from cluster.identity.sessions import BROWSER_SESSIONS_PER_USER, DEFAULT_SESSIONS_PER_CREDENTIAL
 from tests.conftest import RunningCluster
 from tests.integration import test_browser_login as browser_login
 from tests.integration.gateway_env import Gateway, fetch_token, raw
+from wardgate.cluster.identity.sessions import BROWSER_SESSIONS_PER_USER, DEFAULT_SESSIONS_PER_CREDENTIAL
 
 env = browser_login.env
 pytestmark = browser_login.pytestmark

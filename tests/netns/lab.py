@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from agent.wg.uapi import SOCKET_DIR
-from agent.wg.wireguard_go import WireGuardGo
+from wardgate.agent.wg.uapi import SOCKET_DIR
+from wardgate.agent.wg.wireguard_go import WireGuardGo
 
 CLONE_NEWNET = 0x4000_0000
 NETNS_DIR = Path("/var/run/netns")

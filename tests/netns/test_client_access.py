@@ -38,10 +38,10 @@ from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from agent.wg import DeviceConfig, PeerConfig, PrivateKey, PublicKey
-from agent.wg.uapi import UapiDevice
 from tests.conftest import BIN, REPO
 from tests.netns.lab import Lab, netns_socket
+from wardgate.agent.wg import DeviceConfig, PeerConfig, PrivateKey, PublicKey
+from wardgate.agent.wg.uapi import UapiDevice
 
 pytestmark = pytest.mark.netns
 

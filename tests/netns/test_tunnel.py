@@ -9,11 +9,11 @@ from ipaddress import ip_interface, ip_network
 
 import pytest
 
-from agent.wg import DeviceConfig, Endpoint, PeerConfig, PrivateKey
-from agent.wg.backend import open_device
-from agent.wg.device import Device
-from agent.wg.netlink import Links, kernel_module_loaded
 from tests.netns.lab import Lab, netns_socket, ping
+from wardgate.agent.wg import DeviceConfig, Endpoint, PeerConfig, PrivateKey
+from wardgate.agent.wg.backend import open_device
+from wardgate.agent.wg.device import Device
+from wardgate.agent.wg.netlink import Links, kernel_module_loaded
 
 pytestmark = pytest.mark.netns
 

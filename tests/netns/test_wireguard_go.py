@@ -10,7 +10,8 @@ from ipaddress import ip_interface, ip_network
 
 import pytest
 
-from agent.wg import (
+from tests.netns.lab import Lab, timed
+from wardgate.agent.wg import (
     DeviceConfig,
     DeviceUnavailableError,
     Endpoint,
@@ -20,11 +21,10 @@ from agent.wg import (
     UapiError,
     WireGuardError,
 )
-from agent.wg.backend import open_device
-from agent.wg.quick import QuickConfig, QuickPeer, dumps, loads
-from agent.wg.uapi import UapiDevice, socket_path
-from agent.wg.wireguard_go import WireGuardGo
-from tests.netns.lab import Lab, timed
+from wardgate.agent.wg.backend import open_device
+from wardgate.agent.wg.quick import QuickConfig, QuickPeer, dumps, loads
+from wardgate.agent.wg.uapi import UapiDevice, socket_path
+from wardgate.agent.wg.wireguard_go import WireGuardGo
 
 pytestmark = pytest.mark.netns
 

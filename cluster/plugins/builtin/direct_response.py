@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from multidict import CIMultiDict
 
-from cluster.plugins.flow import HttpFlow, Response
-from cluster.resources.service import DirectResponseSpec
+from wardgate.cluster.plugins.flow import HttpFlow, Response
+from wardgate.cluster.resources.service import DirectResponseSpec
 
 
 class DirectResponse:

@@ -21,8 +21,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from multidict import CIMultiDict
 
-from cluster.plugins.flow import HttpFlow, Response
-from cluster.resources.service import ExtProcPluginSpec
+from wardgate.cluster.plugins.flow import HttpFlow, Response
+from wardgate.cluster.resources.service import ExtProcPluginSpec
 
 _UNSETTABLE = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
 _ACTION = core.HeaderValueOption.HeaderAppendAction

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cluster.plugins.flow import HttpFlow
-from cluster.resources.service import HeadersPluginSpec
+from wardgate.cluster.plugins.flow import HttpFlow
+from wardgate.cluster.resources.service import HeadersPluginSpec
 
 
 class Headers:

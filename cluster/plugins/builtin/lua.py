@@ -31,13 +31,13 @@ import aiohttp
 import lupa.lua54 as lupa
 from multidict import CIMultiDict
 
-from cluster.plugins.builtin.lua_api import LOAD, REQUEST, RESPONSE, FlowApi, LuaScriptError
-from cluster.plugins.builtin.lua_http import HttpPolicyError, LuaHttp
-from cluster.plugins.builtin.lua_json import JSON_LUA
-from cluster.plugins.builtin.lua_limits import LIMITS_LUA, STEP_LIMIT
-from cluster.plugins.builtin.lua_prelude import PRELUDE
-from cluster.plugins.flow import HttpFlow, Response
-from cluster.resources.service import LuaPluginSpec
+from wardgate.cluster.plugins.builtin.lua_api import LOAD, REQUEST, RESPONSE, FlowApi, LuaScriptError
+from wardgate.cluster.plugins.builtin.lua_http import HttpPolicyError, LuaHttp
+from wardgate.cluster.plugins.builtin.lua_json import JSON_LUA
+from wardgate.cluster.plugins.builtin.lua_limits import LIMITS_LUA, STEP_LIMIT
+from wardgate.cluster.plugins.builtin.lua_prelude import PRELUDE
+from wardgate.cluster.plugins.flow import HttpFlow, Response
+from wardgate.cluster.resources.service import LuaPluginSpec
 
 __all__ = ["LuaPlugin", "LuaRequestPlugin", "LuaResponsePlugin", "LuaScriptError", "check_script", "make_lua_plugin"]
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import fastjsonschema
 import orjson
 
-from cluster.plugins.flow import HttpFlow, Response
+from wardgate.cluster.plugins.flow import HttpFlow, Response
 
 REQUEST, RESPONSE, LOAD = "request", "response", "load"
 _HEADER_NAME = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")

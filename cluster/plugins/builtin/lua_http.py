@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from cluster.resources.service import LuaHttpSpec
+from wardgate.cluster.resources.service import LuaHttpSpec
 
 _HEADER_NAME = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _FORBIDDEN_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"te"})

@@ -6,9 +6,9 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from agent.wg.device import DeviceConfig, DeviceState, Endpoint, PeerConfig, PeerState
-from agent.wg.keys import PresharedKey, PrivateKey
-from agent.wg.names import check_interface_name, require_netns
+from wardgate.agent.wg.device import DeviceConfig, DeviceState, Endpoint, PeerConfig, PeerState
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey
+from wardgate.agent.wg.names import check_interface_name, require_netns
 
 PUBLIC = PrivateKey.generate().public_key()
 
@@ -78,8 +78,8 @@ def test_interface_names_linux_refuses(name: str) -> None:
 
 
 def test_a_missing_namespace_is_reported_not_created(tmp_path, monkeypatch) -> None:
-    from agent.wg import names
-    from agent.wg.errors import DeviceUnavailableError
+    from wardgate.agent.wg import names
+    from wardgate.agent.wg.errors import DeviceUnavailableError
 
     monkeypatch.setattr(names, "NETNS_DIR", tmp_path)
     require_netns(None)

@@ -6,10 +6,10 @@ from ipaddress import ip_network
 
 import pytest
 
-from agent.wg.device import DeviceConfig, DeviceState, Endpoint, PeerConfig, PeerState
-from agent.wg.errors import DeviceUnavailableError, UapiError
-from agent.wg.fake import FakeDevice, apply
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.device import DeviceConfig, DeviceState, Endpoint, PeerConfig, PeerState
+from wardgate.agent.wg.errors import DeviceUnavailableError, UapiError
+from wardgate.agent.wg.fake import FakeDevice, apply
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
 
 A, B, C = (PublicKey(bytes([n]) * 32) for n in (1, 2, 3))
 N1, N2, N3 = (ip_network(n) for n in ("100.64.0.1/32", "100.64.0.2/32", "fd00::/64"))

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
 
 
 def wg(*args: str, stdin: str | None = None) -> str:

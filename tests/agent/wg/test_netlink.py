@@ -15,11 +15,11 @@ import pytest
 from pyroute2 import AsyncWireGuard  # type: ignore[import-untyped]
 from pyroute2.netlink.generic.wireguard import wgmsg  # type: ignore[import-untyped]
 
-from agent.wg import names, netlink
-from agent.wg.device import DeviceConfig, DeviceState, Endpoint, PeerConfig, PeerState
-from agent.wg.errors import DeviceUnavailableError
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
-from agent.wg.netlink import KernelDevice, Links, SetCall, peer_arguments, set_calls, state_from_messages
+from wardgate.agent.wg import names, netlink
+from wardgate.agent.wg.device import DeviceConfig, DeviceState, Endpoint, PeerConfig, PeerState
+from wardgate.agent.wg.errors import DeviceUnavailableError
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.netlink import KernelDevice, Links, SetCall, peer_arguments, set_calls, state_from_messages
 
 PRIVATE = PrivateKey(bytes(range(1, 33)))
 A, B, C = (PublicKey(bytes([n]) * 32) for n in (1, 2, 3))

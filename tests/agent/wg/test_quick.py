@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.wg.device import DeviceConfig, Endpoint, PeerConfig
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
-from agent.wg.quick import QuickConfig, QuickPeer, dumps, load, loads, save
+from wardgate.agent.wg.device import DeviceConfig, Endpoint, PeerConfig
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.quick import QuickConfig, QuickPeer, dumps, load, loads, save
 
 PRIVATE = PrivateKey(bytes(range(1, 33)))
 A, B = PublicKey(bytes([1]) * 32), PublicKey(bytes([2]) * 32)

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from agent.wg.device import DeviceConfig, DeviceState, Endpoint, PeerConfig, PeerState
-from agent.wg.errors import DeviceUnavailableError, UapiError
-from agent.wg.fake import apply
-from agent.wg.keys import PresharedKey, PrivateKey, PublicKey
-from agent.wg.uapi import UapiDevice, check_set_reply, encode_set, parse_get
+from wardgate.agent.wg.device import DeviceConfig, DeviceState, Endpoint, PeerConfig, PeerState
+from wardgate.agent.wg.errors import DeviceUnavailableError, UapiError
+from wardgate.agent.wg.fake import apply
+from wardgate.agent.wg.keys import PresharedKey, PrivateKey, PublicKey
+from wardgate.agent.wg.uapi import UapiDevice, check_set_reply, encode_set, parse_get
 
 PRIVATE = PrivateKey(bytes(range(1, 33)))
 PEER_A = PublicKey(bytes([0xAA]) * 32)

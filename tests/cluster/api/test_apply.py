@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.api.apply import Action, plan_apply
-from cluster.errors import Conflict, Invalid
-from cluster.resources.kinds import AnyResource
-from cluster.store import Create, Delete, Update
 from tests.factories import make_secret, make_service
+from wardgate.cluster.api.apply import Action, plan_apply
+from wardgate.cluster.errors import Conflict, Invalid
+from wardgate.cluster.resources.kinds import AnyResource
+from wardgate.cluster.store import Create, Delete, Update
 
 
 def stored(resource: AnyResource, version: str = "5", managed_by: str = "apply") -> AnyResource:
@@ -70,7 +70,7 @@ def test_stale_resource_version_is_a_conflict() -> None:
 def test_duplicates_and_cluster_made_kinds_are_invalid() -> None:
     with pytest.raises(Invalid, match="declared twice"):
         plan_apply([make_service("a"), make_service("a")], {}, prune=False)
-    from cluster.resources.session import Session
+    from wardgate.cluster.resources.session import Session
 
     session = Session.model_validate(
         {

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import orjson
 
-from cluster.api.console_data import refusals, series
-from cluster.api.console_view import chart
-from cluster.usage.ledger import LedgerRow as Row
-from cluster.usage.ledger import SQLiteLedger
+from wardgate.cluster.api.console_data import refusals, series
+from wardgate.cluster.api.console_view import chart
+from wardgate.cluster.usage.ledger import LedgerRow as Row
+from wardgate.cluster.usage.ledger import SQLiteLedger
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0 - 1800.0

@@ -15,23 +15,23 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cluster.api.oauth import TokenEndpoint
-from cluster.api.site import SiteApp, make_site_app
-from cluster.api.site_log import DOMAIN as APP_DOMAIN
-from cluster.api.site_log import route
-from cluster.errors import Unauthenticated
-from cluster.identity import credentials
-from cluster.identity.authenticate import Authenticator
-from cluster.identity.sessions import SessionService
-from cluster.identity.tokens import SigningKey, TokenService
-from cluster.observability.accesslog import AccessLog
-from cluster.resources.credential import Credential
-from cluster.resources.session import Session
-from cluster.store import Create
-from cluster.store.cache import ResourceCache
-from cluster.store.memory import MemoryStore
-from cluster.store.propagation import LocalPropagation
 from tests.factories import make_user
+from wardgate.cluster.api.oauth import TokenEndpoint
+from wardgate.cluster.api.site import SiteApp, make_site_app
+from wardgate.cluster.api.site_log import DOMAIN as APP_DOMAIN
+from wardgate.cluster.api.site_log import route
+from wardgate.cluster.errors import Unauthenticated
+from wardgate.cluster.identity import credentials
+from wardgate.cluster.identity.authenticate import Authenticator
+from wardgate.cluster.identity.sessions import SessionService
+from wardgate.cluster.identity.tokens import SigningKey, TokenService
+from wardgate.cluster.observability.accesslog import AccessLog
+from wardgate.cluster.resources.credential import Credential
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.store import Create
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.memory import MemoryStore
+from wardgate.cluster.store.propagation import LocalPropagation
 
 DOMAIN = "wardgate.test"
 

@@ -8,12 +8,12 @@ import orjson
 import pytest
 from yarl import URL
 
-from cluster.authorize.admit import Admission, Caller, Refusal, admit
-from cluster.authorize.facts import RequestFacts
-from cluster.authorize.state import ADMIN_SERVICE, GatewayState, build_state
-from cluster.errors import Refused
-from cluster.policy import cel
-from cluster.resources.kinds import AnyResource, from_document
+from wardgate.cluster.authorize.admit import Admission, Caller, Refusal, admit
+from wardgate.cluster.authorize.facts import RequestFacts
+from wardgate.cluster.authorize.state import ADMIN_SERVICE, GatewayState, build_state
+from wardgate.cluster.errors import Refused
+from wardgate.cluster.policy import cel
+from wardgate.cluster.resources.kinds import AnyResource, from_document
 
 ANY_SESSION = {"metadata": {"name": "s1"}, "spec": {"type": "CLIENTLESS"}}
 

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from cluster.authorize import holder as holder_module
-from cluster.authorize.holder import StateHolder
-from cluster.authorize.state import build_state
-from cluster.policy import cel
-from cluster.resources.session import Session
-from cluster.store import Create, Delete
-from cluster.store.cache import ResourceCache
-from cluster.store.memory import MemoryStore
-from cluster.store.propagation import LocalPropagation
 from tests.factories import make_service, make_user
+from wardgate.cluster.authorize import holder as holder_module
+from wardgate.cluster.authorize.holder import StateHolder
+from wardgate.cluster.authorize.state import build_state
+from wardgate.cluster.policy import cel
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.store import Create, Delete
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.memory import MemoryStore
+from wardgate.cluster.store.propagation import LocalPropagation
 
 
 def session(name: str) -> Session:

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from agent.wg import PrivateKey
-from cluster.errors import Conflict, Forbidden, Unauthenticated, Unavailable
-from cluster.identity.addresses import AddressAllocator, TunnelIdentities, TunnelSettings, connected_sessions
-from cluster.resources.node import AddressLease, lease_name
-from cluster.resources.session import Session
-from cluster.resources.user import User
-from cluster.store import Create, Delete, Store, Update
-from cluster.store.cache import ResourceCache
-from cluster.store.memory import MemoryStore
-from cluster.store.propagation import LocalPropagation
-from cluster.store.sqlite import SQLiteStore
 from tests.factories import make_user
+from wardgate.agent.wg import PrivateKey
+from wardgate.cluster.errors import Conflict, Forbidden, Unauthenticated, Unavailable
+from wardgate.cluster.identity.addresses import AddressAllocator, TunnelIdentities, TunnelSettings, connected_sessions
+from wardgate.cluster.resources.node import AddressLease, lease_name
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.resources.user import User
+from wardgate.cluster.store import Create, Delete, Store, Update
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.memory import MemoryStore
+from wardgate.cluster.store.propagation import LocalPropagation
+from wardgate.cluster.store.sqlite import SQLiteStore
 
 SETTINGS = TunnelSettings()
 

@@ -10,15 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cluster.errors import Unavailable
-from cluster.identity.sessions import DEFAULT_SESSIONS_PER_CREDENTIAL, SessionService, plan_session
-from cluster.resources.credential import Credential
-from cluster.resources.session import Session, SessionType
-from cluster.store import Create, Delete
-from cluster.store.cache import ResourceCache
-from cluster.store.memory import MemoryStore
-from cluster.store.propagation import LocalPropagation
 from tests.factories import make_user
+from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.identity.sessions import DEFAULT_SESSIONS_PER_CREDENTIAL, SessionService, plan_session
+from wardgate.cluster.resources.credential import Credential
+from wardgate.cluster.resources.session import Session, SessionType
+from wardgate.cluster.store import Create, Delete
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.memory import MemoryStore
+from wardgate.cluster.store.propagation import LocalPropagation
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

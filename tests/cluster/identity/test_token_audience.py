@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cluster.errors import Unauthenticated
-from cluster.identity.tokens import SigningKey, TokenService
+from wardgate.cluster.errors import Unauthenticated
+from wardgate.cluster.identity.tokens import SigningKey, TokenService
 
 ISSUER = "https://wardgate.test"
 DOCS = "https://docs-mcp.wardgate.test/mcp"

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from cluster.observability.metrics import Metrics
-from cluster.observability.otlp import Exporter, SpanKind, SpanRecord, TelemetrySettings, new_trace
 from tests.conftest import free_port
 from tests.fakes.otlp_receiver import Received, attributes, serve_grpc, serve_http
+from wardgate.cluster.observability.metrics import Metrics
+from wardgate.cluster.observability.otlp import Exporter, SpanKind, SpanRecord, TelemetrySettings, new_trace
 
 
 def _record(exporter: Exporter, n: int) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from cluster.plugins.builtin.lua import make_lua_plugin
-from cluster.plugins.flow import HttpFlow, Request
-from cluster.resources.service import LuaPluginSpec
+from wardgate.cluster.plugins.builtin.lua import make_lua_plugin
+from wardgate.cluster.plugins.flow import HttpFlow, Request
+from wardgate.cluster.resources.service import LuaPluginSpec
 
 
 def make_flow(

@@ -13,11 +13,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
-from cluster.plugins.builtin.extproc import ExtProc, ExtProcError
-from cluster.plugins.manager import Entry, PluginChain, PluginError
-from cluster.policy.engine import EvalInput
-from cluster.resources.service import ExtProcPluginSpec
 from tests.cluster.plugins.helpers import make_flow
+from wardgate.cluster.plugins.builtin.extproc import ExtProc, ExtProcError
+from wardgate.cluster.plugins.manager import Entry, PluginChain, PluginError
+from wardgate.cluster.policy.engine import EvalInput
+from wardgate.cluster.resources.service import ExtProcPluginSpec
 
 
 def _set(key: str, value: str, **kw: Any) -> core.HeaderValueOption:

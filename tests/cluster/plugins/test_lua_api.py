@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from cluster.plugins.builtin.lua import LuaScriptError
-from cluster.plugins.flow import Response
 from tests.cluster.plugins.helpers import lua, make_flow
+from wardgate.cluster.plugins.builtin.lua import LuaScriptError
+from wardgate.cluster.plugins.flow import Response
 
 
 async def encode(expr: str, body: bytes = b"{}") -> object:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cluster.plugins.builtin.lua import LuaScriptError
 from tests.cluster.plugins.helpers import lua, make_flow
+from wardgate.cluster.plugins.builtin.lua import LuaScriptError
 
 TEMPLATE = """
 function onRequest(ctx)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.plugins.builtin.lua import LuaScriptError
 from tests.cluster.plugins.helpers import lua, make_flow
+from wardgate.cluster.plugins.builtin.lua import LuaScriptError
 
 REPO = Path(__file__).resolve().parents[3]
 LIMIT = 0.25

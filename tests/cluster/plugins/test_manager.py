@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from cluster.plugins.flow import HttpFlow, Response
-from cluster.plugins.manager import Entry, PluginChain, PluginError
-from cluster.policy.engine import ConditionError, EvalInput
 from tests.cluster.plugins.helpers import make_flow
+from wardgate.cluster.plugins.flow import HttpFlow, Response
+from wardgate.cluster.plugins.manager import Entry, PluginChain, PluginError
+from wardgate.cluster.policy.engine import ConditionError, EvalInput
 
 
 class Recorder:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cluster.policy.cel import (
+from wardgate.cluster.policy.cel import (
     MAX_EXPRESSION_LENGTH,
     Activation,
     CelCompileError,

@@ -23,7 +23,7 @@ MAX_GROWTH_BYTES = 4 * 2**20
 
 SCRIPT = """
 import gc, json, sys
-from cluster.policy.cel import Activation, Compiler
+from wardgate.cluster.policy.cel import Activation, Compiler
 
 def rss() -> int:
     with open("/proc/self/statm") as f:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster.policy import cel
-from cluster.policy.engine import (
+from wardgate.cluster.policy import cel
+from wardgate.cluster.policy.engine import (
     CompiledRule,
     ConditionError,
     Decision,
@@ -21,9 +21,9 @@ from cluster.policy.engine import (
     compile_policy,
     evaluate,
 )
-from cluster.policy.reasons import Reason
-from cluster.policy.rego import RegoCompileError
-from cluster.resources.policy import Authorization, Condition, Effect, PolicySpec
+from wardgate.cluster.policy.reasons import Reason
+from wardgate.cluster.policy.rego import RegoCompileError
+from wardgate.cluster.resources.policy import Authorization, Condition, Effect, PolicySpec
 
 ALLOW, DENY = Effect.ALLOW, Effect.DENY
 MATCH, NO_MATCH, ERROR = Reason.RULE_MATCH, Reason.NO_MATCH, Reason.CONDITION_ERROR

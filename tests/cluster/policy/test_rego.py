@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from cluster.policy import rego
-from cluster.policy.rego import (
+from wardgate.cluster.policy import rego
+from wardgate.cluster.policy.rego import (
     RegoCompileError,
     RegoError,
     RegoEvalError,
@@ -164,7 +164,7 @@ def test_undefined_and_error_paths_never_abort_the_process() -> None:
     # The dangerous paths run in a fresh interpreter: if one crashed, only the child would die.
     script = textwrap.dedent(
         """
-        from cluster.policy.rego import RegoCompileError, RegoEvalError, compile_rego
+        from wardgate.cluster.policy.rego import RegoCompileError, RegoEvalError, compile_rego
         p = compile_rego("package u\\nallow if { input.ctx.x == 1 }\\n")
         assert p.allow({"ctx": {}}) is False
         assert p.allow({}) is False

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cluster.identity.tokens import SigningKey
-from cluster.proxy.assertion import LIFETIME, REFRESH_BEFORE, AssertionSigner
+from wardgate.cluster.identity.tokens import SigningKey
+from wardgate.cluster.proxy.assertion import LIFETIME, REFRESH_BEFORE, AssertionSigner
 
 ISSUER = "https://wardgate.example.com"
 NOW = 1_800_000_000.0

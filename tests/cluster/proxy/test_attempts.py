@@ -11,10 +11,10 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from cluster.authorize.state import Route, make_route
-from cluster.proxy.attempts import FIRST_TOKEN_TIMEOUT, AttemptFailed, Plan, retry_after, with_model
-from cluster.proxy.balancer import Balancer
-from cluster.resources.service import ServiceConfig
+from wardgate.cluster.authorize.state import Route, make_route
+from wardgate.cluster.proxy.attempts import FIRST_TOKEN_TIMEOUT, AttemptFailed, Plan, retry_after, with_model
+from wardgate.cluster.proxy.balancer import Balancer
+from wardgate.cluster.resources.service import ServiceConfig
 
 
 def route(name: str = "default", **config: Any) -> Route:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from cluster.proxy.connections import ConnectionGuard, ConnectionLimits
+from wardgate.cluster.proxy.connections import ConnectionGuard, ConnectionLimits
 
 LIMITS = ConnectionLimits(header_timeout=0.3, idle_timeout=0.6, max_connections_per_ip=3)
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"

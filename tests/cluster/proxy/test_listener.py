@@ -9,7 +9,7 @@ import logging
 import pytest
 from aiohttp import web
 
-from cluster.proxy.listener import ListenerServer
+from wardgate.cluster.proxy.listener import ListenerServer
 
 SECRET = b"wgsecretTOKEN42"
 

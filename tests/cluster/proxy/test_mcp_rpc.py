@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from cluster.proxy.mcp_rpc import DENIED, Call, Malformed, ResponseFilter, denial, forwarded, parse
+from wardgate.cluster.proxy.mcp_rpc import DENIED, Call, Malformed, ResponseFilter, denial, forwarded, parse
 
 TOOLS = [{"name": "search_docs"}, {"name": "delete_doc"}, {"name": "whoami"}]
 

@@ -9,11 +9,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 from yarl import URL
 
-from cluster.authorize.facts import RequestFacts, normalize_path, policy_headers
-from cluster.errors import Invalid, Unauthenticated
-from cluster.identity.authenticate import SESSION_COOKIE, session_cookie, without_session_cookie
-from cluster.proxy.headers import client_response_headers, upstream_request_headers
-from cluster.resources.service import HeaderConfig
+from wardgate.cluster.authorize.facts import RequestFacts, normalize_path, policy_headers
+from wardgate.cluster.errors import Invalid, Unauthenticated
+from wardgate.cluster.identity.authenticate import SESSION_COOKIE, session_cookie, without_session_cookie
+from wardgate.cluster.proxy.headers import client_response_headers, upstream_request_headers
+from wardgate.cluster.resources.service import HeaderConfig
 
 COOKIES = [
     "wardgate_session=t",

@@ -6,12 +6,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from cluster.proxy.revocation import LiveConnections
-from cluster.resources.session import Session
-from cluster.store import Event, EventType
-from cluster.store.cache import ResourceCache
-from cluster.store.memory import MemoryStore
 from tests.factories import make_user
+from wardgate.cluster.proxy.revocation import LiveConnections
+from wardgate.cluster.resources.session import Session
+from wardgate.cluster.store import Event, EventType
+from wardgate.cluster.store.cache import ResourceCache
+from wardgate.cluster.store.memory import MemoryStore
 
 
 class FakeTransport:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.resources.manifest import ManifestError, parse_manifest
+from wardgate.cluster.resources.manifest import ManifestError, parse_manifest
 
 LAUGHS = "".join(
     f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['x'] * 9)}]\n"

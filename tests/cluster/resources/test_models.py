@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.resources import ManifestError, parse_manifest
-from cluster.resources.credential import Secret
-from cluster.resources.kinds import KINDS, from_document, plural_to_kind, public_view, to_document
-from cluster.resources.service import Service
-from cluster.resources.types import parse_duration
 from tests.factories import make_secret
+from wardgate.cluster.resources import ManifestError, parse_manifest
+from wardgate.cluster.resources.credential import Secret
+from wardgate.cluster.resources.kinds import KINDS, from_document, plural_to_kind, public_view, to_document
+from wardgate.cluster.resources.service import Service
+from wardgate.cluster.resources.types import parse_duration
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "resources"
 

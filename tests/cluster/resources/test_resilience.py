@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.authorize.resilience import fallback_order, retry_policy
-from cluster.resources import ManifestError, parse_manifest
-from cluster.resources.service import Service, ServiceConfig
+from wardgate.cluster.authorize.resilience import fallback_order, retry_policy
+from wardgate.cluster.resources import ManifestError, parse_manifest
+from wardgate.cluster.resources.service import Service, ServiceConfig
 
 HEAD = """
 kind: Service

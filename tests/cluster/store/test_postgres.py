@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
-from cluster.errors import Conflict, Invalid, Unavailable
-from cluster.store import Create, Event, Update, create
-from cluster.store.pg_schema import LATEST
-from cluster.store.postgres import PostgresStore
-from cluster.store.sealing import Sealer
 from tests.factories import make_secret, make_service
 from tests.postgres_server import PostgresServer
+from wardgate.cluster.errors import Conflict, Invalid, Unavailable
+from wardgate.cluster.store import Create, Event, Update, create
+from wardgate.cluster.store.pg_schema import LATEST
+from wardgate.cluster.store.postgres import PostgresStore
+from wardgate.cluster.store.sealing import Sealer
 
 KEY = bytes(range(32))
 

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from cluster.errors import Conflict, NotFound, Unavailable
-from cluster.resources.credential import Secret
-from cluster.store import Compacted, Create, Delete, EventType, Store, create, delete, update
-from cluster.store.memory import MemoryStore
-from cluster.store.postgres import PostgresStore
-from cluster.store.sealing import Sealer
-from cluster.store.sqlite import SQLiteStore
 from tests.factories import make_secret, make_service, make_user
 from tests.postgres_server import PostgresServer
+from wardgate.cluster.errors import Conflict, NotFound, Unavailable
+from wardgate.cluster.resources.credential import Secret
+from wardgate.cluster.store import Compacted, Create, Delete, EventType, Store, create, delete, update
+from wardgate.cluster.store.memory import MemoryStore
+from wardgate.cluster.store.postgres import PostgresStore
+from wardgate.cluster.store.sealing import Sealer
+from wardgate.cluster.store.sqlite import SQLiteStore
 
 KEY = bytes(range(32))
 
@@ -183,10 +183,10 @@ async def test_locked_database_is_reported(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent(
     """
     import asyncio, sys
-    from cluster.errors import Conflict
-    from cluster.store import Update
-    from cluster.store.sealing import Sealer
-    from cluster.store.sqlite import SQLiteStore
+    from wardgate.cluster.errors import Conflict
+    from wardgate.cluster.store import Update
+    from wardgate.cluster.store.sealing import Sealer
+    from wardgate.cluster.store.sqlite import SQLiteStore
     from tests.factories import make_service
 
     async def main():
@@ -241,9 +241,9 @@ async def test_concurrent_writers_in_two_processes_lose_no_update(tmp_path: Path
 _CRASHER = textwrap.dedent(
     """
     import asyncio, os, sys
-    from cluster.store import Create
-    from cluster.store.sealing import Sealer
-    from cluster.store.sqlite import SQLiteStore
+    from wardgate.cluster.store import Create
+    from wardgate.cluster.store.sealing import Sealer
+    from wardgate.cluster.store.sqlite import SQLiteStore
     from tests.factories import make_service
 
     writes = 0

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cluster.errors import Unavailable
-from cluster.store.workers import BoardPropagation, WorkerBoard
+from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.store.workers import BoardPropagation, WorkerBoard
 
 # A worker that applies revision N only when nudged (SIGUSR1), as a real worker polls the store when nudged.
 WORKER = """
 import signal, sys, time
 from pathlib import Path
-from cluster.store.workers import WorkerBoard
+from wardgate.cluster.store.workers import WorkerBoard
 board = WorkerBoard(Path(sys.argv[1]), int(sys.argv[2]))
 board.claim()
 target, mode = int(sys.argv[3]), sys.argv[4]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from cluster.usage.counters import Charge, LocalCounters
+from wardgate.cluster.usage.counters import Charge, LocalCounters
 
 
 def test_a_charge_is_all_or_nothing(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from cluster.proxy.llm import ResponseTap
-from cluster.usage.extract import Usage, prompt_text, requested_output, usage_of
+from wardgate.cluster.proxy.llm import ResponseTap
+from wardgate.cluster.usage.extract import Usage, prompt_text, requested_output, usage_of
 
 
 def _sse(*events: dict[str, Any], named: bool = False) -> bytes:
