@@ -155,6 +155,11 @@ class Metering:
         self.charged, self.reserved, self.values = True, [c.amount for c in charges], charged.values
         return None
 
+    def headers(self) -> dict[str, str]:
+        """The x-ratelimit-* headers of an admitted request (its own charge counted); none when no Quota applies
+        or the counters were not charged (unreachable, failMode open)."""
+        return limit_headers(self.counters, self.values) if self.charged and self.values is not None else {}
+
     def _count_prompt(self) -> None:
         """The prompt's tokens, counted only when a token or cost limit or an estimate needs them (a tokenizer
         pass is not free, and runs on the event loop)."""
@@ -235,8 +240,15 @@ def usage_doc(counters: list[CounterRef], values: list[int]) -> dict[str, Any]:
 
 
 def rate_headers(counters: list[CounterRef], values: list[int], refused: CounterRef) -> dict[str, str]:
-    """x-ratelimit-limit/remaining/reset-requests and -tokens as OpenAI sends them (the tightest counter of
-    each), and Retry-After for the counter that refused."""
+    """limit_headers, and Retry-After for the counter that refused."""
+    headers = limit_headers(counters, values)
+    headers["Retry-After"] = str(max(1, int(refused.reset + 0.999)))
+    return headers
+
+
+def limit_headers(counters: list[CounterRef], values: list[int]) -> dict[str, str]:
+    """x-ratelimit-limit/remaining/reset-requests and -tokens as OpenAI sends them, for the tightest counter
+    of each measure (the least remaining); none for a measure no Quota limits."""
     headers: dict[str, str] = {}
     for measure in ("requests", "tokens"):
         best: tuple[int, CounterRef] | None = None
@@ -249,7 +261,6 @@ def rate_headers(counters: list[CounterRef], values: list[int], refused: Counter
             headers[f"x-ratelimit-limit-{measure}"] = str(best[1].limit.amount)
             headers[f"x-ratelimit-remaining-{measure}"] = str(best[0])
             headers[f"x-ratelimit-reset-{measure}"] = reset_text(best[1].reset)
-    headers["Retry-After"] = str(max(1, int(refused.reset + 0.999)))
     return headers
 
 
