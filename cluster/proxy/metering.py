@@ -3,7 +3,8 @@
     identified ─▶ begin(): the Quotas that apply, `ctx.usage` read ─▶ admit (policies and dynamic routes
     see ctx.usage) ─▶ gate(): the estimate reserved, or 429 (OpenAI's shape and x-ratelimit-* headers) or
     503 (counters unreachable, failMode closed); a budgeted stream asks the provider for its usage
-    ─▶ upstream ─▶ settle() when the exchange ends (answered, failed, or left by the client)
+    ─▶ upstream ─▶ limit_headers(): an answer under a Quota carries its x-ratelimit-* headers
+    ─▶ settle() when the exchange ends (answered, failed, or left by the client)
 """
 
 from __future__ import annotations
@@ -108,6 +109,17 @@ def _ask_stream_usage(ex: Exchange, body: Mapping[str, Any]) -> None:
     changed = {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
     ex.facts = replace(ex.facts, body=orjson.dumps(changed))
     ex.strip_usage = True
+
+
+def limit_headers(ex: Exchange, response: web.StreamResponse) -> None:
+    """An admitted request under a Quota answers with its tightest limits as OpenAI does (x-ratelimit-*);
+    the upstream's own (its account's limits, shared by every caller) are replaced, not mixed in."""
+    headers = ex.metering.headers() if ex.metering is not None else None
+    if not headers:
+        return
+    for name in [n for n in response.headers if n.lower().startswith("x-ratelimit-")]:
+        response.headers.popall(name, None)
+    response.headers.update(headers)
 
 
 def settle(ex: Exchange) -> None:

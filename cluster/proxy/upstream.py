@@ -37,6 +37,7 @@ from wardgate.cluster.proxy.cors import cors_headers
 from wardgate.cluster.proxy.exchange import Exchange, openai_error
 from wardgate.cluster.proxy.headers import client_response_headers
 from wardgate.cluster.proxy.llm import ResponseTap
+from wardgate.cluster.proxy.metering import limit_headers
 from wardgate.cluster.proxy.upstream_auth import OAuth2TokenCache, auth_header
 
 MAX_BUFFERED_RESPONSE = 32 * 1024 * 1024
@@ -85,6 +86,7 @@ def complete(ex: Exchange, answer: FlowResponse, plugin: str | None) -> web.Resp
     response = web.Response(status=answer.status, body=body, headers=headers)
     response.headers["x-request-id"] = ex.request_id
     _add_cors(ex, response)
+    limit_headers(ex, response)
     ex.record.bytes_out = len(body)
     return response
 
@@ -343,6 +345,7 @@ class Upstream:
         response.headers.extend(headers)
         response.headers["x-request-id"] = ex.request_id
         _add_cors(ex, response)
+        limit_headers(ex, response)
         _attempts_header(ex, response, route, upstream.status)
         if upstream.content_length is not None and request.method != "HEAD" and rewrite is None:
             response.content_length = upstream.content_length

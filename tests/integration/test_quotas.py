@@ -84,12 +84,25 @@ async def fake() -> AsyncIterator[tuple[FakeOpenAI, str]]:
 
 
 async def test_the_openai_sdk_sees_rate_limit_error_with_openai_headers(tmp_path: Path, fake: Any) -> None:
-    cluster = await _cluster(tmp_path, fake[1], _docs(fake[1], [{"requests": 3, "window": "1m"}]))
+    limits = [{"requests": 3, "window": "1m"}, {"requests": 100, "window": "1h"}, {"tokens": 100000, "window": "1d"}]
+    cluster = await _cluster(tmp_path, fake[1], _docs(fake[1], limits))
     try:
         token = create_credential(cluster, "bot-pat", "bot", "access-token")
         client = _client(cluster, token)
-        for _ in range(3):
-            await client.chat.completions.create(**CHAT)
+        tokens_left = []
+        for call in range(3):
+            # A success under a Quota: OpenAI's x-ratelimit-* headers for the tightest limit (3/1m, not 100/1h).
+            raw = await client.chat.completions.with_raw_response.create(**CHAT)
+            assert raw.parse().choices
+            ok = raw.headers
+            assert ok["x-ratelimit-limit-requests"] == "3"
+            assert ok["x-ratelimit-remaining-requests"] == str(2 - call)
+            assert re.fullmatch(r"(\d+m)?\d+s|\d+ms", ok["x-ratelimit-reset-requests"])
+            assert ok["x-ratelimit-limit-tokens"] == "100000"
+            tokens_left.append(int(ok["x-ratelimit-remaining-tokens"]))
+            assert re.fullmatch(r"(\d+h)?(\d+m)?\d+s", ok["x-ratelimit-reset-tokens"])
+            assert "retry-after" not in ok
+        assert 100000 > tokens_left[0] > tokens_left[1] > tokens_left[2]
         with pytest.raises(openai.RateLimitError) as caught:
             await client.chat.completions.create(**CHAT)
         await client.close()
@@ -103,7 +116,8 @@ async def test_the_openai_sdk_sees_rate_limit_error_with_openai_headers(tmp_path
         assert len(fake[0].requests) == 3
         other = create_credential(cluster, "other-pat", "other", "access-token")  # not in group dev: no quota
         outsider = _client(cluster, other)
-        await outsider.chat.completions.create(**CHAT)
+        free = await outsider.chat.completions.with_raw_response.create(**CHAT)
+        assert free.parse().choices and not [h for h in free.headers if h.lower().startswith("x-ratelimit-")]
         await outsider.close()
         refused = [e for e in _log(cluster) if e.get("status") == 429]
         assert refused[-1]["quota"] == {"name": "dev-limits", "measure": "requests", "window": "requests/1m",
