@@ -179,7 +179,7 @@ class Console:
         parts.append(self._sessions_section(data.sessions_of(self._cache, user), identity, cookie, "/console", False))
         name, length, bucket = self._range(request)
         now = time.time()
-        rows = await asyncio.to_thread(self._ledger.history, now - length, bucket, user)
+        rows = await self._ledger.history(now - length, bucket, user)
         parts.append(
             '<section aria-labelledby="usage"><h2 id="usage">Your usage</h2>'
             + view.range_form("/console", name, data.RANGES)
@@ -259,7 +259,7 @@ class Console:
         state = self._state()
         name, length, bucket = self._range(request)
         now = time.time()
-        rows = await asyncio.to_thread(self._ledger.history, now - length, bucket)
+        rows = await self._ledger.history(now - length, bucket)
         parts = [
             '<section aria-labelledby="usage"><h2 id="usage">Usage</h2>',
             view.range_form("/console/admin", name, data.RANGES),

@@ -3,7 +3,6 @@ for its busiest keys (`wardgatectl get quotas`), read from the live counters."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +31,7 @@ async def usage_summary(request: web.Request) -> web.Response:
         since = parse_duration(request.query.get("since", "24h"))
     except ValueError as exc:
         raise Invalid(f"since: {exc}") from None
-    items = await asyncio.to_thread(request.app[LEDGER].summary, by, time.time() - since)
+    items = await request.app[LEDGER].summary(by, time.time() - since)
     currency = request.app[STATE]().usage.currency
     since_text = request.query.get("since", "24h")
     return web.json_response({"by": by, "since": since_text, "currency": currency, "items": items})
@@ -45,7 +44,7 @@ async def _busiest(meter: Meter, ledger: Ledger, quota: QuotaRule) -> list[dict[
     if quota.per.value == "service" and services is not None:
         values = services
     else:
-        values = await asyncio.to_thread(ledger.keys, quota.per.value, now - longest, services)
+        values = await ledger.keys(quota.per.value, now - longest, services)
     rows: list[dict[str, Any]] = []
     refs = []
     for value in values:

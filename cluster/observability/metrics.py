@@ -186,6 +186,12 @@ class Metrics:
             ["signal"],
             registry=self.registry,
         )
+        self.ledger_failures = Counter(
+            "wardgate_usage_ledger_failures",
+            "Usage ledger failures: write (a batch not written yet, kept and retried), dropped (records lost)",
+            ["kind"],
+            registry=self.registry,
+        )
         self.attempts = Counter(
             "wardgate_upstream_attempts",
             "Tries of upstreams (retries and fallbacks included) by config and outcome",
@@ -234,6 +240,9 @@ class Metrics:
 
     def drop(self, signal: str, count: int) -> None:
         self._child(self.dropped, signal).inc(count)
+
+    def ledger_failure(self, kind: str, count: int) -> None:
+        self._child(self.ledger_failures, kind).inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)

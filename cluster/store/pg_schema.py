@@ -37,9 +37,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE TABLE wardgate_cluster (name text PRIMARY KEY, body bytea NOT NULL);
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE wardgate_usage (
+            batch uuid NOT NULL, seq integer NOT NULL, ts double precision NOT NULL, "user" text NOT NULL,
+            groups text NOT NULL, credential text, session text, service text NOT NULL, config text, model text,
+            input_tokens bigint NOT NULL, output_tokens bigint NOT NULL, cached_tokens bigint NOT NULL,
+            reasoning_tokens bigint NOT NULL, cost double precision NOT NULL, estimated boolean NOT NULL,
+            status integer NOT NULL, request_id text, PRIMARY KEY (batch, seq));
+        CREATE INDEX wardgate_usage_ts ON wardgate_usage (ts);
+        """,
+    ),
 )
 """(version, SQL). `wardgate_meta.revision` is the single-row revision counter: a commit increments it
-first, so commits hold its row lock in turn and their revisions become visible in order."""
+first, so commits hold its row lock in turn and their revisions become visible in order.
+
+2: the usage ledger of every node (usage/pg_ledger.py). A row's key is its writer's batch id and its place in
+the batch, so a batch retried after a lost acknowledgement is not counted twice."""
 
 LATEST = MIGRATIONS[-1][0]
 

@@ -1,14 +1,17 @@
-"""The usage ledger: one durable row per proxied LLM call, written in batches off the request path (meter.py),
-read by the admin API (`wardgatectl usage`), pruned by `[usage] retention`.
+"""The usage ledger: one durable row per proxied LLM call, written in batches off the request path
+(ledger_writer.py), read by the admin API (`wardgatectl usage`) and the console, pruned by `[usage] retention`.
 
 SQLiteLedger keeps its table beside the resources, in the store's SQLite file (WAL: the workers of a node
-write through their own connections; SQLite's lock serialises their batches)."""
+write through their own connections; SQLite's lock serialises their batches); InThread is the async Ledger
+over it. With a PostgreSQL store the ledger is PostgresLedger (pg_ledger.py): one table for every node."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,17 +57,23 @@ class LedgerRow:
 
 
 class Ledger(Protocol):
-    """Where usage rows go. Blocking calls: the meter runs them in a thread."""
+    """Where usage rows go and what reads them (see SQLiteLedger for each call's contract).
 
-    def write(self, rows: Sequence[LedgerRow]) -> None: ...
+    `write(batch, rows)` is idempotent per `batch`: the writer retries a batch whose outcome it could not
+    learn (a connection lost at COMMIT) under the same id, and its rows must not count twice. Raises
+    Unavailable when the database cannot be reached."""
 
-    def prune(self, before: float) -> int: ...
+    async def write(self, batch: uuid.UUID, rows: Sequence[LedgerRow]) -> None: ...
 
-    def summary(self, by: str, since: float) -> list[dict[str, Any]]: ...
+    async def prune(self, before: float) -> int: ...
 
-    def keys(self, by: str, since: float, services: Sequence[str] | None) -> list[str]: ...
+    async def summary(self, by: str, since: float) -> list[dict[str, Any]]: ...
 
-    def history(self, since: float, bucket: float, user: str | None = None) -> list[HistoryRow]: ...
+    async def keys(self, by: str, since: float, services: Sequence[str] | None) -> list[str]: ...
+
+    async def history(self, since: float, bucket: float, user: str | None = None) -> list[HistoryRow]: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +143,7 @@ class SQLiteLedger:
                 f"SUM(cost), SUM(estimated) FROM usage_records WHERE ts >= ? GROUP BY {column}",
                 (since,),
             ).fetchall()
-        out: dict[str, dict[str, Any]] = {}
-        for value, count, inp, outp, cached, cost, estimated in rows:
-            keys = [g for g in str(value).split(",") if g] or ["-"] if by == "group" else [value or "-"]
-            for key in keys:
-                entry = out.setdefault(key, _totals(key))
-                entry["requests"] += count
-                entry["inputTokens"] += inp or 0
-                entry["outputTokens"] += outp or 0
-                entry["cachedTokens"] += cached or 0
-                entry["cost"] += cost or 0.0
-                entry["estimated"] += estimated or 0
-        return sorted(out.values(), key=lambda e: (-e["cost"], -(e["inputTokens"] + e["outputTokens"]), e["key"]))
+        return summarise(by, rows)
 
     def keys(self, by: str, since: float, services: Sequence[str] | None) -> list[str]:
         """The distinct `by` values of calls since `since` (to some `services`, when given): whose counters
@@ -160,9 +158,7 @@ class SQLiteLedger:
             args.extend(services)
         with self._lock:
             values = [row[0] for row in self._db.execute(query + " LIMIT 10000", args).fetchall()]
-        if by == "group":
-            return sorted({g for v in values for g in str(v).split(",") if g})
-        return sorted(str(v) for v in values if v)
+        return distinct_keys(by, values)
 
     def history(self, since: float, bucket: float, user: str | None = None) -> list[HistoryRow]:
         """Calls since `since` in buckets of `bucket` seconds (aligned to the epoch), per user, group set,
@@ -178,24 +174,81 @@ class SQLiteLedger:
         query += " GROUP BY 1, user, groups, service, model LIMIT 100000"
         with self._lock:
             rows = self._db.execute(query, args).fetchall()
-        return [
-            HistoryRow(
-                number * bucket,
-                name,
-                tuple(g for g in str(groups).split(",") if g),
-                service,
-                model or "-",
-                count,
-                inp or 0,
-                outp or 0,
-                cost or 0.0,
-            )
-            for number, name, groups, service, model, count, inp, outp, cost in rows
-        ]
+        return history_rows(rows, bucket)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-_: Ledger = SQLiteLedger.__new__(SQLiteLedger)
+def summarise(by: str, rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Totals from (key, count, input, output, cached, cost, estimated) rows grouped by the `by` column; a
+    group set (`,dev,ops,`) counts for each of its groups. Largest cost first."""
+    out: dict[str, dict[str, Any]] = {}
+    for value, count, inp, outp, cached, cost, estimated in rows:
+        keys = [g for g in str(value).split(",") if g] or ["-"] if by == "group" else [value or "-"]
+        for key in keys:
+            entry = out.setdefault(key, _totals(key))
+            entry["requests"] += count
+            entry["inputTokens"] += inp or 0
+            entry["outputTokens"] += outp or 0
+            entry["cachedTokens"] += cached or 0
+            entry["cost"] += cost or 0.0
+            entry["estimated"] += estimated or 0
+    return sorted(out.values(), key=lambda e: (-e["cost"], -(e["inputTokens"] + e["outputTokens"]), e["key"]))
+
+
+def distinct_keys(by: str, values: Iterable[object]) -> list[str]:
+    if by == "group":
+        return sorted({g for v in values for g in str(v).split(",") if g})
+    return sorted(str(v) for v in values if v)
+
+
+def history_rows(rows: Iterable[Sequence[Any]], bucket: float) -> list[HistoryRow]:
+    """HistoryRows from (bucket number, user, group set, service, model, count, input, output, cost) rows."""
+    return [
+        HistoryRow(
+            number * bucket,
+            name,
+            tuple(g for g in str(groups).split(",") if g),
+            service,
+            model or "-",
+            count,
+            inp or 0,
+            outp or 0,
+            cost or 0.0,
+        )
+        for number, name, groups, service, model, count, inp, outp, cost in rows
+    ]
+
+
+class InThread:
+    """The Ledger over a SQLiteLedger: each call in a thread (SQLite blocks). A local commit either happens
+    or raises, so the batch id is not needed for idempotency here."""
+
+    def __init__(self, sqlite: SQLiteLedger) -> None:
+        self.sqlite = sqlite
+
+    async def write(self, batch: uuid.UUID, rows: Sequence[LedgerRow]) -> None:
+        try:
+            await asyncio.to_thread(self.sqlite.write, rows)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"{self.sqlite.path}: usage ledger: {exc}") from exc
+
+    async def prune(self, before: float) -> int:
+        return await asyncio.to_thread(self.sqlite.prune, before)
+
+    async def summary(self, by: str, since: float) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.sqlite.summary, by, since)
+
+    async def keys(self, by: str, since: float, services: Sequence[str] | None) -> list[str]:
+        return await asyncio.to_thread(self.sqlite.keys, by, since, services)
+
+    async def history(self, since: float, bucket: float, user: str | None = None) -> list[HistoryRow]:
+        return await asyncio.to_thread(self.sqlite.history, since, bucket, user)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sqlite.close)
+
+
+_: Ledger = InThread.__new__(InThread)
