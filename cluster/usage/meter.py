@@ -6,8 +6,8 @@ estimate before the upstream call, and settles afterwards, off the request path.
     reserve(body, model) ─▶ one atomic charge: 1 request, prompt estimate + min(max_tokens, the Quota's
         maxReservedOutputTokens) tokens, their cost ─▶ None (go on), Exceeded (429) or Unreachable (503)
     finish(record, reported, produced) ─▶ real usage (reported, else estimated from the produced text),
-        cost ─▶ queued: the counters' adjustment (real - reserved) and the ledger row
-    run() ─▶ drains the queue every SETTLE_INTERVAL: one counter adjustment, one ledger batch; prunes the ledger
+        cost ─▶ queued: the counters' adjustment (real - reserved); the ledger row to the LedgerWriter
+    run() ─▶ drains the adjustments every SETTLE_INTERVAL, and runs the LedgerWriter beside (ledger_writer.py)
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from wardgate.cluster.observability.record import AccessRecord, QuotaRecord
 from wardgate.cluster.usage.counters import Charge, Counters
 from wardgate.cluster.usage.extract import Usage, prompt_text, requested_output
 from wardgate.cluster.usage.ledger import Ledger, LedgerRow
+from wardgate.cluster.usage.ledger_writer import LedgerWriter
 from wardgate.cluster.usage.rules import FREE, NANO, LimitRule, Price, QuotaRule, UsageRules, Who
 from wardgate.cluster.usage.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 SETTLE_INTERVAL = 0.25
-PRUNE_INTERVAL = 3600.0
 DEFAULT_OUTPUT = 1024
 """Output tokens reserved when the client sets no `max_tokens` (capped by the Quota's maxReservedOutputTokens)."""
 MEASURES = ("requests", "tokens", "cost")
@@ -270,20 +270,18 @@ class Meter:
     def __init__(
         self,
         counters: Counters,
-        ledger: Ledger | None = None,
+        writer: LedgerWriter | None = None,
         tokenizer: Tokenizer | None = None,
-        retention: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.counters = counters
-        self.ledger = ledger
+        self.writer = writer
+        self.ledger: Ledger | None = writer.ledger if writer is not None else None
         self.tokenizer = tokenizer if tokenizer is not None else Tokenizer()
-        self.retention = retention
         self.misses = 0
         """Requests let through by `failMode: open` while the counters were unreachable (a metric reads it)."""
         self._clock = clock
         self._deltas: list[tuple[str, int, float]] = []
-        self._rows: list[LedgerRow] = []
         self._wake = asyncio.Event()
 
     def begin(self, rules: UsageRules, who: Who, service: str) -> Metering:
@@ -304,13 +302,11 @@ class Meter:
             self._wake.set()
 
     def log(self, row: LedgerRow) -> None:
-        self._rows.append(row)
-        if len(self._rows) >= 512:
-            self._wake.set()
+        if self.writer is not None:
+            self.writer.add(row)
 
     async def flush(self) -> None:
         deltas, self._deltas = self._deltas, []
-        rows, self._rows = self._rows, []
         if deltas:
             merged: dict[str, tuple[int, float]] = {}
             for key, delta, ttl in deltas:
@@ -320,24 +316,17 @@ class Meter:
                 await self.counters.adjust([(k, d, t) for k, (d, t) in merged.items() if d])
             except Unavailable as exc:
                 log.warning("quota reconciliation of %d counters dropped: %s", len(merged), exc)
-        if rows and self.ledger is not None:
-            try:
-                await asyncio.to_thread(self.ledger.write, rows)
-            except Exception:
-                log.exception("usage ledger: %d records not written", len(rows))
 
     async def run(self) -> None:
-        pruned = 0.0
         await asyncio.to_thread(self.tokenizer.load)
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SETTLE_INTERVAL)
-                self._wake.clear()
-                await self.flush()
-                now = self._clock()
-                if self.ledger is not None and self.retention and now - pruned > PRUNE_INTERVAL:
-                    pruned = now
-                    await asyncio.to_thread(self.ledger.prune, now - self.retention)
-        finally:
-            await asyncio.shield(self.flush())
+        async with asyncio.TaskGroup() as tasks:
+            if self.writer is not None:
+                tasks.create_task(self.writer.run())
+            try:
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), SETTLE_INTERVAL)
+                    self._wake.clear()
+                    await self.flush()
+            finally:
+                await asyncio.shield(self.flush())
