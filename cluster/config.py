@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from wardgate.cluster.errors import Invalid
 from wardgate.cluster.identity.addresses import TunnelSettings
+from wardgate.cluster.identity.oauth_clients import OAuthSettings
 from wardgate.cluster.observability.otlp import TelemetrySettings
 from wardgate.cluster.proxy.connections import ConnectionLimits
 from wardgate.cluster.usage.settings import UsageSettings
@@ -95,6 +96,7 @@ class ClusterSettings(BaseModel):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     limits: ConnectionLimits = Field(default_factory=ConnectionLimits)
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    oauth: OAuthSettings = Field(default_factory=OAuthSettings)
 
 
 def base_url(settings: ClusterSettings) -> str:

@@ -31,6 +31,7 @@ from wardgate.cluster.api import health
 from wardgate.cluster.api import usage as usage_api
 from wardgate.cluster.api.agent import AgentApi
 from wardgate.cluster.api.app import make_admin_app, malformed_requests
+from wardgate.cluster.api.authorization import AuthorizationEndpoint
 from wardgate.cluster.api.console import Console
 from wardgate.cluster.api.health import Readiness
 from wardgate.cluster.api.login import BrowserLogin
@@ -40,7 +41,7 @@ from wardgate.cluster.api.user import ClientAccess
 from wardgate.cluster.authorize.holder import StateHolder
 from wardgate.cluster.authorize.offpath import AdminAccess, PolicyEvaluation
 from wardgate.cluster.bootstrap import init_home
-from wardgate.cluster.config import Home, base_url
+from wardgate.cluster.config import ClusterSettings, Home, base_url
 from wardgate.cluster.errors import WardgateError
 from wardgate.cluster.identity.addresses import AddressAllocator, TunnelIdentities, TunnelSettings
 from wardgate.cluster.identity.authenticate import Authenticator
@@ -65,10 +66,11 @@ from wardgate.cluster.resources.session import Session
 from wardgate.cluster.store.cache import ResourceCache
 from wardgate.cluster.store.workers import NUDGE, BoardPropagation, WorkerBoard
 from wardgate.cluster.usage.counters import Counters, LocalCounters
-from wardgate.cluster.usage.ledger import SQLiteLedger
+from wardgate.cluster.usage.ledger import InThread, Ledger, SQLiteLedger
+from wardgate.cluster.usage.ledger_writer import LedgerWriter
 from wardgate.cluster.usage.meter import Meter
+from wardgate.cluster.usage.pg_ledger import PostgresLedger
 from wardgate.cluster.usage.redis_counters import RedisCounters
-from wardgate.cluster.usage.settings import UsageSettings
 
 log = logging.getLogger("wardgate.cluster")
 
@@ -159,16 +161,22 @@ def _host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def usage_meter(home: Home, settings: UsageSettings, store_path: Path | None) -> Meter:
+async def usage_meter(home: Home, settings: ClusterSettings, metrics: Metrics) -> Meter:
     """Quota counters (Redis when configured, else the node's shared counter file) and the usage ledger (in
-    the SQLite store's file; beside it, in usage.db, when the store is PostgreSQL)."""
+    the SQLite store's file; in the cluster's database, for every node, when the store is PostgreSQL)."""
+    usage = settings.usage
     counters: Counters
-    if settings.redis is not None:
-        counters = RedisCounters(settings.redis, settings.redis_timeout)
+    if usage.redis is not None:
+        counters = RedisCounters(usage.redis, usage.redis_timeout)
     else:
         counters = LocalCounters(home.root / "run" / "counters")
-    ledger = SQLiteLedger(store_path if store_path is not None else home.path("usage.db"))
-    return Meter(counters, ledger, retention=settings.retention_seconds)
+    ledger: Ledger
+    if settings.store.url is not None:
+        ledger = await PostgresLedger.open(settings.store.url)
+    else:
+        ledger = InThread(SQLiteLedger(home.path(settings.store.path)))
+    writer = LedgerWriter(ledger, retention=usage.retention_seconds, on_failure=metrics.ledger_failure)
+    return Meter(counters, writer)
 
 
 def board_path(home: Home) -> Path:
@@ -215,7 +223,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     compiler = cel.Compiler()
     state = StateHolder(cache, compiler, settings.admin.policies)
     state.add_listener(board.publish)
-    meter = usage_meter(home, settings.usage, home.path(settings.store.path) if settings.store.url is None else None)
+    meter = await usage_meter(home, settings, metrics)
     tls = server_ssl_context(home)
 
     admin_app = make_admin_app(
@@ -276,7 +284,24 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         node=node,
     )
     token_endpoint = TokenEndpoint(
-        domain=settings.domain, base_url=base_url(settings), cache=cache, tokens=tokens, sessions=sessions
+        domain=settings.domain,
+        base_url=base_url(settings),
+        cache=cache,
+        store=store,
+        tokens=tokens,
+        sessions=sessions,
+        registration=settings.oauth.registration,
+    )
+    authorization = AuthorizationEndpoint(
+        domain=settings.domain,
+        base_url=base_url(settings),
+        issuer=tokens.issuer,
+        cache=cache,
+        store=store,
+        propagation=propagation,
+        authenticator=authenticator,
+        login=login,
+        registration=settings.oauth.registration,
     )
     console = Console(
         domain=settings.domain,
@@ -299,7 +324,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
             domain=settings.domain,
             node=node,
             access_log=access_log,
-            endpoints=[token_endpoint, login, client_access, console],
+            endpoints=[token_endpoint, authorization, login, client_access, console],
         )
     )
     telemetry = Telemetry(metrics, exporter)
@@ -398,6 +423,8 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         await client.close()
         await state.plugins.aclose()
         await meter.counters.close()
+        if meter.ledger is not None:
+            await meter.ledger.close()
         await store.close()
         await asyncio.to_thread(exporter.close)
         access_log.close()

@@ -76,13 +76,13 @@ class LoginRefused(Refused):
             response = web.Response(status=self.status, body=body, content_type="application/json")
             response.headers["Cache-Control"] = "no-store"
         else:
-            response = _page(self.status, "Sign-in failed" if self.status != 404 else "Not found", self.message)
+            response = page(self.status, "Sign-in failed" if self.status != 404 else "Not found", self.message)
         for name in self.clear_cookies:
             response.del_cookie(name, path=CALLBACK_PATH, secure=True, httponly=True, samesite="Lax")
         return response
 
 
-def _page(status: int, title: str, message: str, links: list[tuple[str, str]] | None = None) -> web.Response:
+def page(status: int, title: str, message: str, links: list[tuple[str, str]] | None = None) -> web.Response:
     items = "".join(f'<li><a href="{escape(href)}">{escape(text)}</a></li>' for href, text in links or [])
     body = (
         f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{escape(title)}</title></head>'
@@ -174,11 +174,11 @@ class BrowserLogin:
             except Unauthenticated:
                 pass
             else:
-                return _page(
+                return page(
                     200, "Signed in", f"You are signed in as {identity.user.metadata.name}.", [("/logout", "Sign out")]
                 )
         links = [("/login", "Sign in")] if self.login_url() else []
-        return _page(200, "Not signed in", "You are not signed in.", links)
+        return page(200, "Not signed in", "You are not signed in.", links)
 
     async def _provider(self, idp: IdentityProvider) -> Provider:
         try:
@@ -263,7 +263,7 @@ class BrowserLogin:
                 (f"/login?{urlencode({'idp': p.metadata.name, 'rd': rd})}", p.spec.display_name or p.metadata.name)
                 for p in names
             ]
-            return _page(200, "Sign in", "Choose how to sign in.", links)
+            return page(200, "Sign in", "Choose how to sign in.", links)
         entry["idp"] = idp.metadata.name
         provider = await self._provider(idp)
         state, nonce, binding = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -360,7 +360,7 @@ class BrowserLogin:
                 entry.update(user=claims.user, session=claims.session)
                 if not await self._sessions.revoke(claims.session):
                     entry["reason"] = "session had already ended"
-        response = _page(200, "Signed out", "You are signed out.", [("/login", "Sign in again")])
+        response = page(200, "Signed out", "You are signed out.", [("/login", "Sign in again")])
         response.del_cookie(SESSION_COOKIE, domain=self._domain, path="/", secure=True, httponly=True, samesite="Lax")
         return response
 

@@ -1,9 +1,13 @@
-"""The OAuth2 token endpoint (client credentials, RFC 6749 §4.4), discovery metadata (RFC 8414 / OIDC)
-and the JWKS, on `https://<domain>`.
+"""The OAuth2 token endpoint, discovery metadata (RFC 8414 / OIDC) and the JWKS, on `https://<domain>`.
 
-    POST /oauth2/token ─▶ client authentication (Basic or form, not both) ─▶ OAUTH2 Credential, User standing
+    POST /oauth2/token grant_type=client_credentials (RFC 6749 §4.4)
+        ─▶ client authentication (Basic or form, not both) ─▶ OAUTH2 Credential, User standing
         ─▶ SessionService.open (CLIENTLESS; the credential's oldest Sessions beyond its cap are evicted)
         ─▶ once every worker enforces it: a Bearer access token
+    POST /oauth2/token grant_type=authorization_code (RFC 6749 §4.1.3, a public client of api.authorize)
+        ─▶ the AuthorizationCode named by the code's hash, read from the store and deleted (single use, even
+           when a check below fails) ─▶ not expired, same client_id and redirect_uri, PKCE S256 verifier,
+           same resource ─▶ an access token for that resource only, on the user's browser-login Session
 
 Errors are RFC 6749 §5.2 bodies (`{"error", "error_description"}`); a failed client authentication is 401
 with `WWW-Authenticate: Basic`.
@@ -21,15 +25,21 @@ import orjson
 from aiohttp import web
 
 from wardgate.cluster.api.site_log import Refused, oauth_error, route
-from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.errors import Conflict, NotFound, Unavailable
 from wardgate.cluster.identity import credentials
+from wardgate.cluster.identity.oauth_clients import RegistrationSettings, code_name, pkce_matches
 from wardgate.cluster.identity.sessions import CLIENTLESS_TTL, SessionService
 from wardgate.cluster.identity.tokens import TokenService
 from wardgate.cluster.resources.credential import Credential, CredentialType
+from wardgate.cluster.resources.oauth_client import AuthorizationCode, OAuthClient
 from wardgate.cluster.resources.service import Service
-from wardgate.cluster.resources.session import SessionType
-from wardgate.cluster.resources.user import User
+from wardgate.cluster.resources.session import Session, SessionType
+from wardgate.cluster.resources.user import User, UserType
+from wardgate.cluster.store import Delete, Store
 from wardgate.cluster.store.cache import ResourceCache
+
+CODE_GRANT_TOKEN_TTL = 3600.0
+"""The longest life of a token from the authorization-code grant (never past its browser-login Session)."""
 
 
 def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -49,17 +59,52 @@ class OAuthError(Refused):
         return oauth_error(self.status, self.error, self.description, headers)
 
 
+def mcp_resource(cache: ResourceCache, domain: str, value: str) -> str | None:
+    """The audience of a token asked for one resource (RFC 8707): an MCP Service's endpoint,
+    `https://<service>.<domain>[:port]/mcp`, normalised as the gateway compares it (lower case, no :443);
+    None when `value` is not the endpoint of an MCP Service of this cluster."""
+    parts = urlsplit(value)
+    host = (parts.hostname or "").lower()
+    suffix = "." + domain
+    service = cache.get("Service", host[: -len(suffix)]) if host.endswith(suffix) else None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if (
+        parts.scheme != "https"
+        or parts.path != "/mcp"
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or not isinstance(service, Service)
+        or service.spec.mode != "MCP"
+    ):
+        return None
+    return f"https://{host}" + (f":{port}" if port is not None and port != 443 else "") + "/mcp"
+
+
 class TokenEndpoint:
     """The OAuth2 authorization server of the cluster (see the module docstring)."""
 
     def __init__(
-        self, *, domain: str, base_url: str, cache: ResourceCache, tokens: TokenService, sessions: SessionService
+        self,
+        *,
+        domain: str,
+        base_url: str,
+        cache: ResourceCache,
+        store: Store,
+        tokens: TokenService,
+        sessions: SessionService,
+        registration: RegistrationSettings,
     ) -> None:
         self._domain = domain
         self._base = base_url
         self._cache = cache
+        self._store = store
         self._tokens = tokens
         self._sessions = sessions
+        self._registration = registration
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -70,18 +115,26 @@ class TokenEndpoint:
         ]
 
     def metadata(self) -> dict[str, Any]:
-        return {
+        """RFC 8414 authorization server metadata; `registration_endpoint` only while registration is open."""
+        doc: dict[str, Any] = {
             "issuer": self._tokens.issuer,
+            "authorization_endpoint": f"{self._base}/oauth2/authorize",
             "token_endpoint": f"{self._base}/oauth2/token",
             "jwks_uri": f"{self._base}/oauth2/jwks",
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "grant_types_supported": ["authorization_code", "client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
             "id_token_signing_alg_values_supported": ["EdDSA"],
             "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
             "subject_types_supported": ["public"],
             "scopes_supported": ["openid"],
         }
+        if self._registration.enabled:
+            doc["registration_endpoint"] = f"{self._base}/oauth2/register"
+        return doc
 
     async def _metadata(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         return _json(self.metadata())
@@ -99,11 +152,19 @@ class TokenEndpoint:
     async def _token(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         if not request.content_type.startswith("application/x-www-form-urlencoded"):
             raise OAuthError(400, "invalid_request", "the body must be application/x-www-form-urlencoded")
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        posted = await request.post()
+        for key in ("grant_type", "code", "code_verifier", "redirect_uri", "client_id", "resource"):
+            if len(posted.getall(key, [])) > 1:
+                raise OAuthError(400, "invalid_request", f"parameter {key} is given more than once")
+        form = {k: v for k, v in posted.items() if isinstance(v, str)}
+        if form.get("grant_type") == "authorization_code":
+            return await self._code_grant(request, form, entry)
         client_id, secret = self._client_auth(request, form)
         entry["credential"] = client_id[:64]
         if form.get("grant_type") != "client_credentials":
-            raise OAuthError(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
+            raise OAuthError(
+                400, "unsupported_grant_type", "grant_type must be client_credentials or authorization_code"
+            )
         credential = self._verify_client(client_id, secret)
         entry["user"] = credential.spec.user
         audience = self._resource(form["resource"]) if "resource" in form else None
@@ -122,27 +183,71 @@ class TokenEndpoint:
         return _json(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     def _resource(self, value: str) -> str:
-        """The audience of a token asked for one resource (RFC 8707): an MCP Service's endpoint,
-        `https://<service>.<domain>[:port]/mcp`, normalised as the gateway compares it (lower case, no :443)."""
-        parts = urlsplit(value)
-        host = (parts.hostname or "").lower()
-        suffix = "." + self._domain
-        service = self._cache.get("Service", host[: -len(suffix)]) if host.endswith(suffix) else None
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if (
-            parts.scheme != "https"
-            or parts.path != "/mcp"
-            or parts.query
-            or parts.fragment
-            or parts.username is not None
-            or not isinstance(service, Service)
-            or service.spec.mode != "MCP"
-        ):
+        audience = mcp_resource(self._cache, self._domain, value)
+        if audience is None:
             raise OAuthError(400, "invalid_target", "resource is not the endpoint of an MCP Service of this cluster")
-        return f"https://{host}" + (f":{port}" if port is not None and port != 443 else "") + "/mcp"
+        return audience
+
+    async def _code_grant(self, request: web.Request, form: dict[str, str], entry: dict[str, Any]) -> web.Response:
+        """RFC 6749 §4.1.3 for a public client, with PKCE (RFC 7636) and the resource (RFC 8707)."""
+        client_id = form.get("client_id", "")
+        entry["client"] = client_id[:64]
+        if request.headers.get("Authorization") or "client_secret" in form:
+            raise OAuthError(401, "invalid_client", "registered MCP clients are public: send client_id, no secret")
+        client = self._cache.get("OAuthClient", client_id) if client_id else None
+        if client is None and client_id:
+            try:
+                client = await self._store.get("OAuthClient", client_id)
+            except (NotFound, ValueError):
+                client = None
+        if not isinstance(client, OAuthClient):
+            raise OAuthError(401, "invalid_client", "client authentication failed", "unknown client_id")
+        for field in ("code", "redirect_uri", "code_verifier"):
+            if not form.get(field):
+                raise OAuthError(400, "invalid_request", f"{field} is required")
+        record = await self._redeem(form["code"])
+        spec = record.spec
+        problem = None
+        if spec.expires_at <= datetime.now(UTC):
+            problem = "the code expired"
+        elif spec.client != client_id:
+            problem = "the code was issued to another client"
+        elif spec.redirect_uri != form["redirect_uri"]:
+            problem = "redirect_uri is not the one of the authorization request"
+        elif not pkce_matches(spec.code_challenge, form["code_verifier"]):
+            problem = "code_verifier does not match the code_challenge"
+        if problem is not None:
+            raise OAuthError(400, "invalid_grant", problem)
+        if "resource" in form and self._resource(form["resource"]) != spec.resource:
+            raise OAuthError(400, "invalid_target", "resource is not the one the code was issued for")
+        session = self._cache.get("Session", spec.session)
+        user = self._cache.get("User", spec.user)
+        if not isinstance(session, Session) or session.spec.user != spec.user:
+            raise OAuthError(400, "invalid_grant", "the sign-in the code came from has ended")
+        if not isinstance(user, User) or user.spec.is_disabled or user.spec.type is not UserType.HUMAN:
+            raise OAuthError(400, "invalid_grant", "the user is missing, disabled or not HUMAN")
+        entry.update(user=spec.user, session=spec.session)
+        remaining = (session.spec.expires_at - datetime.now(UTC)).total_seconds()
+        ttl = min(CODE_GRANT_TOKEN_TTL, remaining)
+        if ttl < 1:
+            raise OAuthError(400, "invalid_grant", "the sign-in the code came from has ended")
+        token, _ = self._tokens.issue(spec.session, spec.user, ttl, audience=spec.resource)
+        body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": int(ttl)}
+        if spec.scope:
+            body["scope"] = spec.scope
+        return _json(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    async def _redeem(self, code: str) -> AuthorizationCode:
+        """The code's record, deleted from the store: a second redemption anywhere finds nothing."""
+        name = code_name(code)
+        try:
+            record = await self._store.get("AuthorizationCode", name)
+            await self._store.commit([Delete("AuthorizationCode", name, record.metadata.resource_version)])
+        except (NotFound, Conflict):
+            raise OAuthError(400, "invalid_grant", "the code is unknown, expired or already used") from None
+        if not isinstance(record, AuthorizationCode):
+            raise OAuthError(400, "invalid_grant", "the code is unknown, expired or already used")
+        return record
 
     def _client_auth(self, request: web.Request, form: dict[str, str]) -> tuple[str, str]:
         header = request.headers.get("Authorization", "")

@@ -70,7 +70,7 @@ def pkce_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
 
 
-def _with_query(url: str, params: dict[str, str]) -> str:
+def with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = [*parse_qsl(parts.query, keep_blank_values=True), *params.items()]
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
@@ -87,7 +87,7 @@ def authorization_url(
     verifier: str,
 ) -> str:
     """Where to send the browser: the code flow with PKCE S256; `openid` is always among the scopes."""
-    return _with_query(
+    return with_query(
         provider.authorization_endpoint,
         {
             "response_type": "code",

@@ -7,6 +7,7 @@ from typing import Any
 from wardgate.cluster.resources.credential import Credential, Secret
 from wardgate.cluster.resources.identity_provider import IdentityProvider
 from wardgate.cluster.resources.node import AddressLease, Node
+from wardgate.cluster.resources.oauth_client import AuthorizationCode, OAuthClient
 from wardgate.cluster.resources.policy import Policy
 from wardgate.cluster.resources.pricing import Pricing
 from wardgate.cluster.resources.quota import Quota
@@ -27,6 +28,8 @@ AnyResource = (
     | AddressLease
     | Quota
     | Pricing
+    | OAuthClient
+    | AuthorizationCode
 )
 
 KINDS: dict[str, type[AnyResource]] = {
@@ -44,6 +47,8 @@ KINDS: dict[str, type[AnyResource]] = {
         AddressLease,
         Quota,
         Pricing,
+        OAuthClient,
+        AuthorizationCode,
     )
 }
 

@@ -23,6 +23,7 @@ from wardgate.cluster.api.site_log import route
 from wardgate.cluster.errors import Unauthenticated
 from wardgate.cluster.identity import credentials
 from wardgate.cluster.identity.authenticate import Authenticator
+from wardgate.cluster.identity.oauth_clients import RegistrationSettings
 from wardgate.cluster.identity.sessions import SessionService
 from wardgate.cluster.identity.tokens import SigningKey, TokenService
 from wardgate.cluster.observability.accesslog import AccessLog
@@ -84,7 +85,15 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     await cache.load()
     tokens = TokenService(SigningKey(ed25519.Ed25519PrivateKey.generate()), f"https://{DOMAIN}")
     sessions = SessionService(store, cache, LocalPropagation(cache), default_cap=3)
-    token = TokenEndpoint(domain=DOMAIN, base_url=f"https://{DOMAIN}", cache=cache, tokens=tokens, sessions=sessions)
+    token = TokenEndpoint(
+        domain=DOMAIN,
+        base_url=f"https://{DOMAIN}",
+        cache=cache,
+        store=store,
+        tokens=tokens,
+        sessions=sessions,
+        registration=RegistrationSettings(),
+    )
     access_log = AccessLog(tmp_path / "access.log")
     app = make_site_app(domain=DOMAIN, node="n1", access_log=access_log, endpoints=[token, Probe()])
     handler = await SiteApp.start(app)
