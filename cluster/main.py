@@ -31,6 +31,7 @@ from wardgate.cluster.api import health
 from wardgate.cluster.api import usage as usage_api
 from wardgate.cluster.api.agent import AgentApi
 from wardgate.cluster.api.app import make_admin_app, malformed_requests
+from wardgate.cluster.api.authorization import AuthorizationEndpoint
 from wardgate.cluster.api.console import Console
 from wardgate.cluster.api.health import Readiness
 from wardgate.cluster.api.login import BrowserLogin
@@ -283,7 +284,24 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         node=node,
     )
     token_endpoint = TokenEndpoint(
-        domain=settings.domain, base_url=base_url(settings), cache=cache, tokens=tokens, sessions=sessions
+        domain=settings.domain,
+        base_url=base_url(settings),
+        cache=cache,
+        store=store,
+        tokens=tokens,
+        sessions=sessions,
+        registration=settings.oauth.registration,
+    )
+    authorization = AuthorizationEndpoint(
+        domain=settings.domain,
+        base_url=base_url(settings),
+        issuer=tokens.issuer,
+        cache=cache,
+        store=store,
+        propagation=propagation,
+        authenticator=authenticator,
+        login=login,
+        registration=settings.oauth.registration,
     )
     console = Console(
         domain=settings.domain,
@@ -306,7 +324,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
             domain=settings.domain,
             node=node,
             access_log=access_log,
-            endpoints=[token_endpoint, login, client_access, console],
+            endpoints=[token_endpoint, authorization, login, client_access, console],
         )
     )
     telemetry = Telemetry(metrics, exporter)
