@@ -4,7 +4,8 @@ whole cluster's.
 
     LedgerWriter (each worker, off the request path) ─▶ write(batch, rows): one INSERT … SELECT unnest(…)
         ON CONFLICT DO NOTHING (a batch retried after a lost acknowledgement counts once)
-    admin API, console ─▶ summary / keys / history: grouped in the database, shaped as SQLite's (ledger.py)
+    admin API, console ─▶ summary / keys / history: grouped in the database, shaped as SQLite's (ledger.py;
+        sums cast back to bigint: PostgreSQL's sum of a bigint is a numeric, which JSON cannot carry)
 
 Its own small pool (never the store's: a slow ledger query must not hold up the change feed or an apply),
 made without connecting, so a node starts while the database is down; the writer retries.
@@ -99,8 +100,9 @@ class PostgresLedger:
         column = _COLUMN.get(by, by)
         rows = await self._run(
             lambda c: c.fetch(
-                f"SELECT {column}, count(*), sum(input_tokens), sum(output_tokens), sum(cached_tokens), sum(cost), "
-                f"count(*) FILTER (WHERE estimated) FROM wardgate_usage WHERE ts >= $1 GROUP BY {column}",
+                f"SELECT {column}, count(*), sum(input_tokens)::bigint, sum(output_tokens)::bigint, "
+                "sum(cached_tokens)::bigint, sum(cost), count(*) FILTER (WHERE estimated) FROM wardgate_usage "
+                f"WHERE ts >= $1 GROUP BY {column}",
                 since,
             )
         )
@@ -120,8 +122,8 @@ class PostgresLedger:
 
     async def history(self, since: float, bucket: float, user: str | None = None) -> list[HistoryRow]:
         query = (
-            'SELECT floor(ts / $1)::bigint, "user", groups, service, model, count(*), sum(input_tokens), '
-            "sum(output_tokens), sum(cost) FROM wardgate_usage WHERE ts >= $2"
+            'SELECT floor(ts / $1)::bigint, "user", groups, service, model, count(*), sum(input_tokens)::bigint, '
+            "sum(output_tokens)::bigint, sum(cost) FROM wardgate_usage WHERE ts >= $2"
         )
         args: list[object] = [bucket, since]
         if user is not None:

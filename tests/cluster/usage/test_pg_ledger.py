@@ -5,6 +5,7 @@ written once it is back, a bounded queue whose overflow is counted, and a broken
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -64,6 +65,13 @@ async def test_answers_as_the_sqlite_ledger_does(ledger: PostgresLedger, tmp_pat
     for user in (None, "alice"):
         mine = sorted(await ledger.history(NOW - 86400, 3600, user), key=repr)
         assert mine == sorted(await sqlite.history(NOW - 86400, 3600, user), key=repr) and mine
+    # Plain ints and floats, as JSON carries them (a PostgreSQL sum of bigints is a numeric: Decimal).
+    for by in ("user", "group"):
+        for entry in await ledger.summary(by, 0):
+            assert {type(v) for k, v in entry.items() if k != "key"} <= {int, float}, entry
+            json.dumps(entry)
+    for h in await ledger.history(0, 3600):
+        assert type(h.input_tokens) is int and type(h.output_tokens) is int and type(h.cost) is float, h
     by_group = {e["key"]: e for e in await ledger.summary("group", NOW - 3600)}
     assert by_group["dev"]["requests"] == 3 and by_group["ops"]["inputTokens"] == 31
     assert by_group["dev"]["estimated"] == 2 and "-" not in by_group
