@@ -5,8 +5,10 @@ directory), applies three public Services, and runs wrk against: the provider di
 Wardgate with an empty pipeline (authentication + an allow-all rule), the same with retries, a fallback
 and a first-token timeout configured (`retry`: their cost when nothing fails), and Wardgate with the full
 pipeline (OAuth2 access token, a my-api-like CEL policy, a dynamic-config rule, a small Lua plugin,
-secret injection, the access log to a file). Prints latency p50/p99 at c=1 and throughput at c=32 and
-c=128, for JSON and SSE answers, each with its ratio to the direct path, plus peak RSS. --soak N adds
+secret injection, the access log to a file), and that full pipeline with one Quota on (`quota`: a requests
+and a tokens limit too high to refuse: what counting costs). Prints latency p50/p99 at c=1 and throughput
+at c=32 and c=128, for JSON and SSE answers, each with its ratio to the direct path, plus peak RSS and
+the Quota's cost per request against the full pipeline. --soak N adds
 N seconds of load on the full pipeline, printing the gateway's RSS every 30 s, and exits 1 when RSS
 grows more than 10 % between the end of the first minute and the end.
 
@@ -106,6 +108,17 @@ def manifests(upstream: str, with_plugin: bool) -> list[dict[str, Any]]:
     http: dict[str, Any] = {"auth": {"bearer": {"fromSecret": "provider-key"}}}
     if with_plugin:
         http["plugins"] = [{"name": "clamp", "lua": {"inline": LUA}}]
+    full_spec: dict[str, Any] = {
+        "isPublic": True,
+        "config": {"upstream": {"url": upstream}, "http": http},
+        "dynamicConfig": {
+            "configs": [{"name": "primary", "upstream": {"url": upstream}, "http": http}],
+            "rules": [
+                {"condition": {"match": 'ctx.request.http.bodyMap.model == "gpt-4o-mini"'}, "configName": "primary"}
+            ],
+        },
+        "authorization": my_api,
+    }
     return [
         {"kind": "Group", "metadata": {"name": "dev"}, "spec": {}},
         {"kind": "Group", "metadata": {"name": "ops"}, "spec": {}},
@@ -144,22 +157,15 @@ def manifests(upstream: str, with_plugin: bool) -> list[dict[str, Any]]:
                 "authorization": allow_all,
             },
         },
+        {"kind": "Service", "metadata": {"name": "full"}, "spec": full_spec},
+        {"kind": "Service", "metadata": {"name": "quota"}, "spec": full_spec},
         {
-            "kind": "Service",
-            "metadata": {"name": "full"},
+            "kind": "Quota",
+            "metadata": {"name": "bench"},
             "spec": {
-                "isPublic": True,
-                "config": {"upstream": {"url": upstream}, "http": http},
-                "dynamicConfig": {
-                    "configs": [{"name": "primary", "upstream": {"url": upstream}, "http": http}],
-                    "rules": [
-                        {
-                            "condition": {"match": 'ctx.request.http.bodyMap.model == "gpt-4o-mini"'},
-                            "configName": "primary",
-                        }
-                    ],
-                },
-                "authorization": my_api,
+                "services": ["quota"],
+                "per": "user",
+                "limits": [{"requests": 10**12, "window": "1m"}, {"tokens": 10**15, "window": "1m"}],
             },
         },
     ]
@@ -357,6 +363,7 @@ def main() -> int:
             "empty": (gateway, {**auth, "Host": f"empty.{DOMAIN}"}),
             "retry": (gateway, {**auth, "Host": f"resilient.{DOMAIN}"}),
             "full": (gateway, {**auth, "Host": f"full.{DOMAIN}"}),
+            "quota": (gateway, {**auth, "Host": f"quota.{DOMAIN}"}),
         }
         bodies = {"json": BODY, "sse": {**BODY, "stream": True, "stream_options": {"include_usage": True}}}
         rows: list[tuple[str, str, str, WrkResult]] = []
@@ -367,6 +374,7 @@ def main() -> int:
                     rows.append((mode, name, f"c={c}", run_wrk(url, headers, body, c, args.duration, root)))
         peak = rss_kib(cluster.pids())
         print_table(rows, peak)
+        print_quota_cost(rows)
         scale: list[tuple[int, WrkResult]] = []
         for n in worker_counts:
             if n not in clusters:
@@ -464,6 +472,25 @@ def print_table(rows: list[tuple[str, str, str, WrkResult]], peak_kib: int) -> N
             f"{added:8.2f} {r.p99_ms:8.2f} {r.errors:7d}"
         )
     print(f"\nPeak RSS of the gateway (one worker): {peak_kib / 1024:.1f} MiB")
+
+
+def print_quota_cost(rows: list[tuple[str, str, str, WrkResult]]) -> None:
+    """What one Quota adds to the full pipeline: CPU per request at c=32 (1/throughput, one worker busy) and
+    latency at c=1."""
+    by = {(mode, name, conc): r for mode, name, conc, r in rows}
+    print("\nOne Quota (a requests and a tokens limit) on the full pipeline, per request:")
+    for mode in sorted({mode for mode, _, _, _ in rows}):
+        full, quota = by[(mode, "full", "c=32")], by[(mode, "quota", "c=32")]
+        alone, counted = by[(mode, "full", "c=1")], by[(mode, "quota", "c=1")]
+        if not full.requests_per_second or not quota.requests_per_second:
+            print(f"  {mode}: no throughput to compare")
+            continue
+        extra_us = (1 / quota.requests_per_second - 1 / full.requests_per_second) * 1e6
+        print(
+            f"  {mode:5} c=32: {full.requests_per_second:.0f} -> {quota.requests_per_second:.0f} req/s "
+            f"({extra_us:+.0f} us per request);  c=1 p50: {alone.p50_ms:.2f} -> {counted.p50_ms:.2f} ms "
+            f"({counted.p50_ms - alone.p50_ms:+.2f} ms)"
+        )
 
 
 if __name__ == "__main__":
