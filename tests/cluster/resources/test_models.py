@@ -144,7 +144,7 @@ def test_kind_aliases(word: str, kind: str) -> None:
 def test_unknown_kind_alias_lists_known_ones() -> None:
     with pytest.raises(KeyError, match="known: "):
         plural_to_kind("widgets")
-    assert len(KINDS) == 12
+    assert len(KINDS) == 14  # + OAuthClient and AuthorizationCode (made by the authorization server)
 
 
 @pytest.mark.parametrize(
