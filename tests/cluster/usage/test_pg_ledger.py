@@ -89,6 +89,20 @@ async def test_a_retried_batch_counts_once_and_prune_keeps_the_recent(ledger: Po
     assert {e["key"] for e in await ledger.summary("user", 0)} == {"alice", "bob"}
 
 
+async def test_the_writer_prunes_past_the_retention(ledger: PostgresLedger) -> None:
+    writer = LedgerWriter(ledger, retention=3600, interval=0.02)
+    writer.add(row("old", at=NOW - 7200))
+    writer.add(row("recent", at=NOW - 60))
+    task = asyncio.get_running_loop().create_task(writer.run())
+    try:
+        await _until(lambda: writer.pending == 0)
+        await asyncio.sleep(0.2)  # the first round after a successful flush prunes
+        assert await _users(ledger) == {"recent": 1}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A server of the test's own: the test stops it."""
