@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -40,6 +41,7 @@ from wardgate.cluster.proxy.mcp_rpc import (
     forwarded,
     parse,
 )
+from wardgate.cluster.proxy.mcp_servers import McpServers
 from wardgate.cluster.proxy.metering import gate as quota_gate
 
 ENDPOINT = "/mcp"
@@ -110,10 +112,12 @@ def _rpc(body: Any, status: int = 200) -> web.Response:
 
 
 class McpGateway:
-    """Decides and forwards the requests of MCP Services for one Gateway."""
+    """Decides and forwards the requests of MCP Services for one Gateway. `servers` speaks to the servers of
+    Services with several (`upstream.mcpServers`); without it such a Service answers 502."""
 
-    def __init__(self) -> None:
+    def __init__(self, servers: McpServers | None = None) -> None:
         self.pins = SessionPins()
+        self._servers = servers
 
     async def handle(
         self,
@@ -172,8 +176,11 @@ class McpGateway:
         if refused is not None:
             return refused
         sent = [call for call, _ in allowed]
-        body = forwarded(calls, sent, batch, facts.body) if method == "POST" else facts.body
         may = self._may(state, caller, facts, pipe, usage)
+        config = ex.route.config
+        if config.upstream.mcp_servers:
+            return await self._several(ex, state, pipe.name, caller.user, sent, denied, batch, may)
+        body = forwarded(calls, sent, batch, facts.body) if method == "POST" else facts.body
         rewrite = ResponseFilter.of(sent, denied, batch, may) if method == "POST" else None
         ex.body_filter = rewrite if rewrite is not None and rewrite.needed else None
         session = ex.request.headers.get(SESSION_HEADER)
@@ -193,6 +200,39 @@ class McpGateway:
         response = await proceed(ex, admission, replace(facts, body=body, raw_path=""))
         if method == "DELETE" and session and response.status < 300:
             self.pins.drop(pipe.name, session)
+        return response
+
+    async def _several(
+        self,
+        ex: Exchange,
+        state: GatewayState,
+        service: str,
+        user: str,
+        sent: list[Call],
+        denied: list[dict[str, Any]],
+        batch: bool,
+        may: Callable[[list[tuple[str, str]]], Awaitable[list[bool]]],
+    ) -> web.StreamResponse:
+        """A Service with several MCP servers: mcp_servers.py answers (plugins do not run there)."""
+        if self._servers is None:
+            return ex.refuse(Refused.UPSTREAM_UNREACHABLE, "mcp: this listener cannot reach several servers")
+        config = ex.route.config
+        timeouts = config.http.timeouts
+        response, note = await self._servers.handle(
+            service=service,
+            user=user,
+            servers=config.upstream.mcp_servers,
+            auth=config.http.auth,
+            secrets_=state.secrets,
+            request=ex.request,
+            messages=[call.message for call in sent if call.message is not None],
+            denied=denied,
+            batch=batch,
+            may=may,
+            timeouts=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read),
+        )
+        ex.record.reason = ex.record.reason or note
+        ex.record.upstream_status = response.status
         return response
 
     def _refused_all(self, ex: Exchange, calls: list[Call], denied: list[dict[str, Any]], batch: bool) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -31,30 +32,55 @@ class Endpoint(Model):
     weight: int = Field(default=1, ge=1, le=100)
 
 
+McpPrefix = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class McpServer(Model):
+    """One MCP server of an MCP Service that has several: its tools and prompts are listed and called with
+    `prefix` before their names (`gh_` + `search` = `gh_search`); `url` is its Streamable HTTP endpoint."""
+
+    name: Name
+    prefix: McpPrefix
+    url: Annotated[str, AfterValidator(_check_upstream_url)]
+
+
 class Upstream(Model):
     """Where requests go: an `http://` or `https://` base URL (its path is prepended to every request), or
     several `endpoints` (replicas) shared by `balance` (`roundRobin` by weight, or `leastInFlight`), each
-    left out for a while after failing in a row (`health`)."""
+    left out for a while after failing in a row (`health`); or, for an MCP Service, several `mcpServers`
+    listed and called as one server."""
 
     url: Annotated[str, AfterValidator(_check_upstream_url)] | None = None
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=64)
+    mcp_servers: list[McpServer] = Field(default_factory=list, max_length=16)
     balance: Balance = "roundRobin"
     health: EndpointHealth = Field(default_factory=EndpointHealth)
 
     @model_validator(mode="after")
     def _url_or_endpoints(self) -> Upstream:
-        if (self.url is None) == (not self.endpoints):
-            raise ValueError("an upstream needs exactly one of url and endpoints")
+        if [self.url is not None, bool(self.endpoints), bool(self.mcp_servers)].count(True) != 1:
+            raise ValueError("an upstream needs exactly one of url, endpoints and mcpServers")
         urls = [e.url for e in self.endpoints]
         dup = sorted({u for u in urls if urls.count(u) > 1})
         if dup:
             raise ValueError(f"endpoints must be unique, repeated: {', '.join(dup)}")
+        for field in ("name", "prefix"):
+            values = [getattr(m, field) for m in self.mcp_servers]
+            dup = sorted({v for v in values if values.count(v) > 1})
+            if dup:
+                raise ValueError(f"mcpServers: each {field} must be unique, repeated: {', '.join(dup)}")
+        prefixes = sorted(m.prefix for m in self.mcp_servers)
+        for a, b in itertools.pairwise(prefixes):
+            if b.startswith(a):
+                raise ValueError(f"mcpServers prefix {a!r} is a prefix of {b!r}: a name could belong to both")
         return self
 
     def weighted_urls(self) -> list[tuple[str, int]]:
-        """(url, weight) of every endpoint; a lone `url` is one endpoint of weight 1."""
+        """(url, weight) of every endpoint; a lone `url` is one endpoint of weight 1, as is each MCP server."""
         if self.url is not None:
             return [(self.url, 1)]
+        if self.mcp_servers:
+            return [(m.url, 1) for m in self.mcp_servers]
         return [(e.url, e.weight) for e in self.endpoints]
 
 
@@ -422,6 +448,11 @@ class ServiceSpec(Model):
     def _needs_a_config(self) -> ServiceSpec:
         if self.config is None and (self.dynamic_config is None or not self.dynamic_config.configs):
             raise ValueError("a Service needs config, or dynamicConfig with at least one config")
+        for name, cfg in self.all_configs():
+            if cfg.upstream.mcp_servers and self.mode != "MCP":
+                raise ValueError(f"config {name!r}: upstream.mcpServers needs mode: MCP")
+            if cfg.upstream.mcp_servers and (cfg.retry.attempts > 1 or cfg.fallbacks):
+                raise ValueError(f"config {name!r}: upstream.mcpServers takes no retry or fallbacks")
         if self.config is None and self.dynamic_config is not None:
             for i, rule in enumerate(self.dynamic_config.rules):
                 if rule.config_name == "default":

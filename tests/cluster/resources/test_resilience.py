@@ -125,7 +125,7 @@ def test_endpoints_with_weights() -> None:
         ),
         (
             "  config: {upstream: {url: 'http://a.test', endpoints: [{url: 'http://b.test'}]}}\n",
-            "spec.config.upstream: an upstream needs exactly one of url and endpoints",
+            "spec.config.upstream: an upstream needs exactly one of url, endpoints and mcpServers",
         ),
         (
             "  config: {upstream: {endpoints: [{url: 'http://b.test'}, {url: 'http://b.test'}]}}\n",
