@@ -39,6 +39,7 @@ from wardgate.cluster.proxy import mcp as mcp_mode
 from wardgate.cluster.proxy.exchange import Exchange, decision_record, server_attributes
 from wardgate.cluster.proxy.headers import upstream_request_headers
 from wardgate.cluster.proxy.llm import request_model
+from wardgate.cluster.proxy.mcp_servers import McpServers
 from wardgate.cluster.proxy.metering import begin as begin_metering
 from wardgate.cluster.proxy.metering import gate as quota_gate
 from wardgate.cluster.proxy.metering import settle as settle_usage
@@ -129,7 +130,7 @@ class Gateway:
         self._node = node
         self._telemetry = telemetry
         self._live = live
-        self._mcp = mcp_mode.McpGateway()
+        self._mcp = mcp_mode.McpGateway(McpServers(upstream.client))
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")

@@ -108,6 +108,8 @@ class Upstream:
         balancer: Balancer | None = None,
     ) -> None:
         self._client = client
+        self.client = client
+        """The shared client session (also used by the MCP servers of multi-server Services)."""
         self._scheme = scheme
         self._oauth2 = OAuth2TokenCache(client)
         self._assertions = assertions
