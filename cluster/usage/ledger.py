@@ -11,12 +11,14 @@ import asyncio
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from wardgate.cluster.errors import Invalid, Unavailable
+
+T = TypeVar("T")
 
 BY = ("user", "group", "credential", "session", "service", "model", "config")
 
@@ -223,29 +225,32 @@ def history_rows(rows: Iterable[Sequence[Any]], bucket: float) -> list[HistoryRo
 
 
 class InThread:
-    """The Ledger over a SQLiteLedger: each call in a thread (SQLite blocks). A local commit either happens
-    or raises, so the batch id is not needed for idempotency here."""
+    """The Ledger over a SQLiteLedger: each call in a thread (SQLite blocks), its errors as Unavailable. A local
+    commit either happens or raises, so the batch id is not needed for idempotency here."""
 
     def __init__(self, sqlite: SQLiteLedger) -> None:
         self.sqlite = sqlite
 
-    async def write(self, batch: uuid.UUID, rows: Sequence[LedgerRow]) -> None:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            await asyncio.to_thread(self.sqlite.write, rows)
+            return await asyncio.to_thread(fn, *args)
         except sqlite3.Error as exc:
             raise Unavailable(f"{self.sqlite.path}: usage ledger: {exc}") from exc
 
+    async def write(self, batch: uuid.UUID, rows: Sequence[LedgerRow]) -> None:
+        await self._call(self.sqlite.write, rows)
+
     async def prune(self, before: float) -> int:
-        return await asyncio.to_thread(self.sqlite.prune, before)
+        return await self._call(self.sqlite.prune, before)
 
     async def summary(self, by: str, since: float) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.sqlite.summary, by, since)
+        return await self._call(self.sqlite.summary, by, since)
 
     async def keys(self, by: str, since: float, services: Sequence[str] | None) -> list[str]:
-        return await asyncio.to_thread(self.sqlite.keys, by, since, services)
+        return await self._call(self.sqlite.keys, by, since, services)
 
     async def history(self, since: float, bucket: float, user: str | None = None) -> list[HistoryRow]:
-        return await asyncio.to_thread(self.sqlite.history, since, bucket, user)
+        return await self._call(self.sqlite.history, since, bucket, user)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.sqlite.close)

@@ -78,6 +78,17 @@ async def test_answers_as_the_sqlite_ledger_does(ledger: PostgresLedger, tmp_pat
     await sqlite.close()
 
 
+async def test_sqlite_errors_are_unavailable_so_the_writer_keeps_the_rows(tmp_path: Path) -> None:
+    sqlite = SQLiteLedger(tmp_path / "usage.db")
+    sqlite.close()
+    writer = LedgerWriter(InThread(sqlite))
+    writer.add(row("kept"))
+    assert not await writer.flush()
+    assert writer.pending == 1 and writer.failures == 1 and writer.dropped == 0
+    with pytest.raises(Unavailable, match=r"usage\.db: usage ledger"):
+        await InThread(sqlite).summary("user", 0)
+
+
 async def test_a_retried_batch_counts_once_and_prune_keeps_the_recent(ledger: PostgresLedger) -> None:
     batch = uuid.uuid4()
     await ledger.write(batch, ROWS)
