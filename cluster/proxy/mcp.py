@@ -231,7 +231,8 @@ class McpGateway:
             may=may,
             timeouts=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read),
         )
-        ex.record.reason = ex.record.reason or note
+        if response.status >= 400:
+            ex.record.reason = ex.record.reason or note
         ex.record.upstream_status = response.status
         return response
 

@@ -71,7 +71,7 @@ def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-def _answer_of(raw: bytes, content_type: str, id_: Any) -> dict[str, Any]:
+def answer_of(raw: bytes, content_type: str, id_: Any) -> dict[str, Any]:
     """The JSON-RPC answer with `id_` in a server's JSON body or SSE stream (other messages are skipped)."""
     if content_type.startswith("text/event-stream"):
         for event in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
@@ -134,7 +134,7 @@ class McpServers:
                 created = response.headers.get(SESSION_HEADER)
                 if "id" not in message:
                     return None, created
-                return _answer_of(raw, response.headers.get("Content-Type", ""), message["id"]), created
+                return answer_of(raw, response.headers.get("Content-Type", ""), message["id"]), created
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServerFailed(f"{server.name}: unreachable ({type(exc).__name__})") from None
         except ServerFailed as exc:
