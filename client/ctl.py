@@ -249,19 +249,27 @@ def _read_body_arg(value: str | None) -> Any:
 async def cmd_policy_eval(api: AdminApi, args: argparse.Namespace) -> int:
     """Exit 0 when allowed, 3 when denied (so scripts and CI can assert on policies)."""
     headers = dict(h.split(":", 1) for h in args.header) if args.header else {}
-    result = await api.call(
-        "POST",
-        "/api/v1/policy/eval",
-        {
-            "service": args.service,
-            "user": args.user,
-            "method": args.method,
-            "path": args.path,
-            "headers": {k.strip(): v.strip() for k, v in headers.items()},
-            "body": _read_body_arg(args.body),
-            "sessionType": args.session_type,
-        },
-    )
+    request: dict[str, Any] = {
+        "service": args.service,
+        "user": args.user,
+        "method": args.method,
+        "path": args.path,
+        "headers": {k.strip(): v.strip() for k, v in headers.items()},
+        "body": _read_body_arg(args.body),
+        "sessionType": args.session_type,
+    }
+    if args.mcp_method is not None:
+        arguments = _read_body_arg(args.mcp_arguments) if args.mcp_arguments is not None else {}
+        if not isinstance(arguments, dict):
+            print("--mcp-arguments: expected a JSON object", file=sys.stderr)
+            return 2
+        request["mcp"] = {"method": args.mcp_method, "name": args.mcp_name or "", "arguments": arguments}
+        request["path"] = args.path or "/mcp"
+    elif args.mcp_name is not None or args.mcp_arguments is not None:
+        print("--mcp-name and --mcp-arguments need --mcp-method", file=sys.stderr)
+        return 2
+    request["path"] = request["path"] or "/v1/chat/completions"
+    result = await api.call("POST", "/api/v1/policy/eval", request)
     decision = result["decision"]
     if args.output == "json":
         print(json.dumps(result, indent=2))
@@ -318,9 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--user", required=True)
     e.add_argument("--body", help="JSON text, or @FILE")
     e.add_argument("--method", default="POST")
-    e.add_argument("--path", default="/v1/chat/completions")
+    e.add_argument("--path", help="default /v1/chat/completions (/mcp with --mcp-method)")
     e.add_argument("--header", action="append", help="NAME:VALUE (repeatable)")
     e.add_argument("--session-type", default="CLIENTLESS", choices=["CLIENT", "CLIENTLESS"])
+    e.add_argument("--mcp-method", help="an MCP Service's JSON-RPC method (ctx.request.mcp.method), e.g. tools/call")
+    e.add_argument("--mcp-name", help="the tool or prompt name, or the resource URI (ctx.request.mcp.name)")
+    e.add_argument("--mcp-arguments", help="the call's arguments: a JSON object, or @FILE")
     e.add_argument("-o", "--output", choices=["text", "json"], default="text")
     e.set_defaults(func=cmd_policy_eval)
 

@@ -3,12 +3,14 @@
 - the admin API, governed by the Policies named in `[admin] policies` (default `cluster-admins`, made by
   `init`: ALLOW for group `admins`) and by the caller's User and Group rules of scope ADMIN or ALL only:
   a rule written for Services (`matchAny: true` for "this team may use every Service") never reaches it;
-- `wardgatectl policy eval`: what the gateway would decide for a user, a Service and a request.
+- `wardgatectl policy eval`: what the gateway would decide for a user, a Service and a request (for an MCP
+  Service, one JSON-RPC call: `ctx.request.mcp`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from yarl import URL
 
@@ -52,9 +54,11 @@ class PolicyEvaluation:
         body: bytes,
         session_type: str = "CLIENTLESS",
         ip: str = "127.0.0.1",
+        mcp: Mapping[str, Any] | None = None,
     ) -> Admission | Refusal:
         """The outcome the public listener would reach for this request, without traffic (no upstream, no
-        plugins). `target` is the path with its query string, as on the request line."""
+        plugins). `target` is the path with its query string, as on the request line; `mcp` the JSON-RPC call
+        (`ctx.request.mcp`: method, name, arguments) an MCP Service decides."""
         state = self._state()
         if user not in state.principals:
             return Refusal(Refused.NO_POLICIES, f"user/{user} not found (or it failed to compile)")
@@ -62,4 +66,4 @@ class PolicyEvaluation:
             method, URL(target), headers, host=f"{service}.{self._domain}", scheme="https", ip=ip, body=body
         )
         caller = Caller(user, {"metadata": {"name": "policy-eval"}, "spec": {"type": session_type}})
-        return admit(state, caller, facts, service)
+        return admit(state, caller, facts, service, None, mcp)

@@ -3,13 +3,8 @@ upstream (tests/fakes/mcp_server.py), configs/mcp/docs-mcp.yaml applied as the u
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,49 +20,12 @@ from mcp.shared.exceptions import MCPError
 
 from tests.conftest import REPO
 from tests.integration.gateway_env import Gateway, apply_docs, fetch_token, raw
+from tests.integration.mcp_env import McpServer, mcp_server
 
 pytestmark = pytest.mark.usefixtures("loopback_names")
 
 SERVICE_TOKEN = "docs-mcp-upstream-token-0004"
 EXAMPLE = REPO / "configs" / "mcp" / "docs-mcp.yaml"
-
-
-@dataclass
-class McpServer:
-    url: str
-    seen: Path
-
-    def authorizations(self) -> list[str]:
-        return self.seen.read_text().splitlines() if self.seen.exists() else []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def _mcp_server(tmp: Path, mode: str) -> AsyncIterator[McpServer]:
-    port, seen = _free_port(), tmp / f"seen-{mode}.txt"
-    env = {**os.environ, "WARDGATE_MCP_SEEN": str(seen)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fakes.mcp_server", str(port), mode, cwd=REPO, env=env
-    )
-    try:
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the MCP server did not start")
-        yield McpServer(f"http://127.0.0.1:{port}/mcp", seen)
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
 
 
 def _service(upstream: str, name: str = "docs-mcp") -> dict[str, Any]:
@@ -79,13 +37,13 @@ def _service(upstream: str, name: str = "docs-mcp") -> dict[str, Any]:
 
 @pytest.fixture
 async def sse_server(tmp_path: Path) -> AsyncIterator[McpServer]:
-    async with _mcp_server(tmp_path, "sse") as server:
+    async with mcp_server(tmp_path, "sse") as server:
         yield server
 
 
 @pytest.fixture
 async def json_server(tmp_path: Path) -> AsyncIterator[McpServer]:
-    async with _mcp_server(tmp_path, "json") as server:
+    async with mcp_server(tmp_path, "json") as server:
         yield server
 
 
@@ -153,7 +111,7 @@ async def test_allowed_and_denied_tool_calls(mcp_gw: Gateway, sse_server: McpSer
     assert all("arguments" not in e["mcp"] for e in calls)
 
 
-async def test_the_callers_token_never_reaches_the_mcp_server(mcp_gw: Gateway, sse_server: McpServer) -> None:
+async def test_the_callers_token_never_reaches_themcp_server(mcp_gw: Gateway, sse_server: McpServer) -> None:
     tokens = await _tokens(mcp_gw)
     async with _client(mcp_gw, "docs-mcp", tokens["alice"]) as client:
         answer = await client.call_tool("whoami", {})
@@ -269,3 +227,41 @@ async def test_a_token_asked_for_one_mcp_service_is_good_only_there(mcp_gw: Gate
     assert status == 401
     entry = await mcp_gw.last_log(service="docs-mcp-json", status=401)
     assert "not for this resource" in entry["reason"]
+
+
+async def test_policy_eval_decides_an_mcp_call_as_the_gateway_does(mcp_gw: Gateway, sse_server: McpServer) -> None:
+    tokens = await _tokens(mcp_gw)
+    async with _client(mcp_gw, "docs-mcp", tokens["bob"]) as client:
+        await client.call_tool("search_docs", {"query": "q"})
+        with pytest.raises(MCPError):
+            await client.call_tool("whoami", {})
+    on_gateway = {
+        e["mcp"]["name"]: e["mcp"]["decision"]
+        for e in mcp_gw.access_log()
+        if e.get("service") == "docs-mcp" and e.get("mcp", {}).get("method") == "tools/call"
+    }
+    assert on_gateway == {"search_docs": "ALLOW", "whoami": "DENY"}
+    for user, tool, arguments, effect in (
+        ("bob", "search_docs", '{"query": "q"}', "ALLOW"),
+        ("bob", "whoami", "{}", "DENY"),
+        ("alice", "whoami", "{}", "ALLOW"),
+        ("alice", "delete_doc", '{"name": "x"}', "DENY"),
+    ):
+        args = ["--service", "docs-mcp", "--user", user, "--mcp-method", "tools/call", "--mcp-name", tool]
+        result = mcp_gw.cluster.ctl("policy", "eval", *args, "--mcp-arguments", arguments, "-o", "json")
+        assert result.returncode == (0 if effect == "ALLOW" else 3), result.stderr
+        decision = orjson.loads(result.stdout)["decision"]
+        assert decision["effect"] == effect, (user, tool, decision)
+        if tool in on_gateway and user == "bob":
+            assert decision["effect"] == on_gateway[tool]
+    listing = mcp_gw.cluster.ctl(
+        "policy", "eval", "--service", "docs-mcp", "--user", "bob", "--mcp-method", "tools/list"
+    )
+    assert listing.returncode == 0 and "decision: ALLOW" in listing.stdout
+    denied = mcp_gw.cluster.ctl(
+        "policy", "eval", "--service", "docs-mcp", "--user", "bob", "--mcp-method", "tools/call", "--mcp-name",
+        "delete_doc",
+    )  # fmt: skip
+    assert denied.returncode == 3 and "decision: DENY" in denied.stdout
+    bad = mcp_gw.cluster.ctl("policy", "eval", "--service", "docs-mcp", "--user", "bob", "--mcp-arguments", "[]")
+    assert bad.returncode == 2 and "--mcp-method" in bad.stderr
