@@ -3,10 +3,11 @@
     python scripts/build_deb.py [--dist dist]     (after scripts/build_dist.py --out dist)
 
 The package carries a wheelhouse (wardgate, wardgate-node and every dependency as a binary wheel for this
-machine's Python and architecture, fetched from the package index with `pip download`) in /opt/wardgate;
-its postinst makes /opt/wardgate/venv from it with `--no-index`, so installing needs no network. Before
-packing, the same resolution is tried here (`pip install --dry-run --no-index`): a wheelhouse that lacks a
-dependency fails the build, not the installation. The rest comes from packaging/debian/: control, the
+machine's architecture and Debian's /usr/bin/python3, fetched from the package index with `pip download`)
+in /opt/wardgate; its postinst makes /opt/wardgate/venv from it with `--no-index`, so installing needs no
+network. Before packing, the same resolution is tried here with the same interpreter (`pip install --dry-run
+--no-index`): a wheelhouse that lacks a dependency fails the build, not the installation. Build on the Debian
+release you install on (Debian 12: Python 3.11). The rest comes from packaging/debian/: control, the
 maintainer scripts, the systemd units and the settings in /etc/wardgate (conffiles). `dpkg-deb
 --root-owner-group` packs it, so no root is needed.
 """
@@ -31,6 +32,8 @@ COMMANDS = ("wardgate-cluster", "wardgate-agent", "wardgatectl", "wardgate")
 CONFFILES = {"wardgate.env": "etc/wardgate/wardgate.env", "agent.toml": "etc/wardgate/agent.toml"}
 UNITS = ("wardgate-cluster.service", "wardgate-agent.service")
 SCRIPTS = ("postinst", "prerm", "postrm")
+# The interpreter the package runs on (postinst: /usr/bin/python3 -m venv): the wheelhouse is resolved for it.
+TARGET_PYTHON = "/usr/bin/python3"
 
 
 class BuildError(Exception):
@@ -65,20 +68,24 @@ def our_wheels(dist: Path, version: str) -> tuple[Path, Path]:
     return client, node
 
 
-def fill_wheelhouse(wheelhouse: Path, client: Path, node: Path) -> None:
-    """Our two wheels, and binary wheels of every dependency from the package index (pip's cache helps)."""
+def fill_wheelhouse(wheelhouse: Path, client: Path, node: Path, python: str) -> None:
+    """Our two wheels, and binary wheels of every dependency from the package index (pip's cache helps),
+    resolved by PYTHON, the interpreter postinst uses: environment markers differ between patch releases
+    (redis needs async-timeout before 3.11.3; Debian 12 has 3.11.2)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     requirements = [*project["dependencies"], *project["optional-dependencies"]["node"]]
     wheelhouse.mkdir(parents=True)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    # Our own names are never looked up on the index (someone else's `wardgate` there must not win).
-    _run([*pip, "download", "--only-binary=:all:", "--dest", str(wheelhouse), *requirements],
-         "pip download of the node's dependencies")  # fmt: skip
-    for wheel in (client, node):
-        shutil.copy2(wheel, wheelhouse / wheel.name)
-    version = node.name.split("-")[1]
-    _run([*pip, "install", "--dry-run", "--ignore-installed", "--no-index", "--find-links", str(wheelhouse),
-          f"wardgate-node=={version}"], "resolving wardgate-node from the wheelhouse alone")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="wardgate-target-") as tmp:
+        _run([python, "-m", "venv", tmp], f"{python} -m venv (Debian: apt-get install python3-venv)")
+        pip = [f"{tmp}/bin/python", "-m", "pip", "--disable-pip-version-check"]
+        # Our own names are never looked up on the index (someone else's `wardgate` there must not win).
+        _run([*pip, "download", "--only-binary=:all:", "--dest", str(wheelhouse), *requirements],
+             "pip download of the node's dependencies")  # fmt: skip
+        for wheel in (client, node):
+            shutil.copy2(wheel, wheelhouse / wheel.name)
+        version = node.name.split("-")[1]
+        _run([*pip, "install", "--dry-run", "--ignore-installed", "--no-index", "--find-links", str(wheelhouse),
+              f"wardgate-node=={version}"], "resolving wardgate-node from the wheelhouse alone")  # fmt: skip
 
 
 def architecture() -> str:
@@ -90,8 +97,8 @@ def _installed_size_kib(root: Path) -> int:
     return max(1, (total + 1023) // 1024)
 
 
-def stage(root: Path, version: str, client: Path, node: Path) -> None:
-    fill_wheelhouse(root / "opt" / "wardgate" / "wheelhouse", client, node)
+def stage(root: Path, version: str, client: Path, node: Path, python: str) -> None:
+    fill_wheelhouse(root / "opt" / "wardgate" / "wheelhouse", client, node, python)
     units = root / "lib" / "systemd" / "system"
     units.mkdir(parents=True)
     for unit in UNITS:
@@ -137,12 +144,12 @@ def stage(root: Path, version: str, client: Path, node: Path) -> None:
             path.chmod(0o755 if executable else 0o644)
 
 
-def build(dist: Path) -> Path:
+def build(dist: Path, python: str = TARGET_PYTHON) -> Path:
     version = _version()
     client, node = our_wheels(dist, version)
     with tempfile.TemporaryDirectory(prefix="wardgate-deb-") as tmp:
         root = Path(tmp) / "root"
-        stage(root, version, client, node)
+        stage(root, version, client, node, python)
         target = dist / f"{PACKAGE}_{version}_{architecture()}.deb"
         _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(target)], "dpkg-deb --build")
     return target
@@ -157,12 +164,13 @@ def _version() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Build the wardgate-node Debian package")
     parser.add_argument("--dist", type=Path, default=REPO / "dist", help="where the wheels are and the .deb goes")
+    parser.add_argument("--python", default=TARGET_PYTHON, help="the target's python3 (default: %(default)s)")
     args = parser.parse_args()
     if shutil.which("dpkg-deb") is None:
         print("build_deb: dpkg-deb not found (Debian: apt-get install dpkg)", file=sys.stderr)
         return 1
     try:
-        print(build(args.dist.resolve()))
+        print(build(args.dist.resolve(), args.python))
     except BuildError as exc:
         print(f"build_deb: {exc}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN = REPO / "packaging" / "debian"
+TARGET_PYTHON = "/usr/bin/python3"  # scripts/build_deb.py's default
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "wardgate" / "__init__.py").read_text())[1]  # type: ignore[index]
 # What the issue names as node-only, beside whatever the `node` extra lists: none may reach a user's laptop.
@@ -156,7 +157,8 @@ def run(*command: str | Path, timeout: float = 300) -> str:
 
 def test_the_client_alone_works_in_a_clean_environment_and_the_node_joins_it(built: Built, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", venv)
+    # the interpreter the .deb's postinst uses and its wheelhouse is resolved for
+    run(TARGET_PYTHON if Path(TARGET_PYTHON).exists() else sys.executable, "-m", "venv", venv)
     pip: list[str | Path] = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index", "--no-compile"]
     run(*pip, "--find-links", built.wheelhouse, built.client)
     installed = {canonical(line.split("==")[0]) for line in run(venv / "bin" / "python", "-m", "pip", "freeze").split()}
