@@ -108,9 +108,10 @@ lab: install
 	$(BIN)/python -m vagrant.lab run $(if $(LAB_RUN_NAME),--name $(LAB_RUN_NAME))
 
 # The same scenario with each machine a Debian container that boots systemd (systemd-nspawn) in its namespace,
-# provisioned exactly as Vagrant provisions a VM. Not part of `make test`: it debootstraps an image (once,
+# provisioned as Vagrant provisions a VM, with Wardgate installed from its packages (`make deb`: the .deb on the
+# cluster, the client wheel with pipx on the client). Not part of `make test`: it debootstraps an image (once,
 # cached in .lab/images) and installs into it from the package registries.
-lab-systemd: install
+lab-systemd: deb
 	$(call apt_install,debootstrap systemd-container)
 	$(BIN)/python -m vagrant.lab run --systemd $(if $(LAB_RUN_NAME),--name $(LAB_RUN_NAME))
 

@@ -1,11 +1,15 @@
 """The lab's systemd mode (`make lab-systemd`): each machine a Debian bookworm container that boots systemd
 (systemd-nspawn) inside the machine's network namespace, with the repository at /vagrant. The provisioning
-scripts then run as Vagrant runs them: WARDGATE_REPO=/vagrant, the VM's own paths, systemd units.
+scripts then run as Vagrant runs them: WARDGATE_REPO=/vagrant, the VM's own paths, systemd units, and
+Wardgate installed from its packages in dist/ (WARDGATE_INSTALL=package): the .deb on the cluster, the client
+wheel with pipx on the client.
 
-What a VM has and a container does not: its own kernel, NFS (a bind mount stands in for the synced folder).
-The image is debootstrapped once into .lab/images/ (`make clean` removes it); the install step, which needs
-the package registries, runs on the image with the host's network before every lab, and is a no-op when
-nothing changed. Inside the namespaces there is no network but the lab's.
+What a VM has and a container does not: its own kernel, NFS (a bind mount stands in for the synced folder),
+and here the internet. The image is debootstrapped once into .lab/images/ (`make clean` removes it). Before
+every lab, with the host's network, the image gets what a machine on the internet would fetch while it is
+provisioned: the lab's own tools (the fake provider, workload.py's SDKs) from the repository, apt's cache of
+what installing the packages needs, and a folder of the wheels the client's pipx install needs, which pip on
+the machines uses through /etc/pip.conf. Inside the namespaces there is no network but the lab's.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = "systemd,systemd-sysv,dbus,python3,ca-certificates,iproute2,procps,sudo"
 GUEST_REPO = "/vagrant"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LAB_TOOLS_VENV = "/opt/wardgate-lab/venv"  # provision/common.sh's default: the lab's tools, not Wardgate
+WHEELS = "/var/cache/wardgate-lab/wheels"  # in the image: the package index's wheels the machines' pip may use
 POWEROFF = signal.SIGRTMIN + 3  # what systemd as a container's init takes for "power off"
 _started: dict[str, subprocess.Popen[bytes]] = {}  # this process's systemd-nspawn children, to reap them
 
@@ -53,16 +59,33 @@ def prepare_image() -> Path:
         command = ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(partial), MIRROR]
         _run(command, f"debootstrap bookworm into {IMAGE.relative_to(REPO)} (once)", timeout=1800)
         partial.rename(IMAGE)
+    deb, wheel = (_one_package(pattern) for pattern in ("wardgate-node_*.deb", "wardgate-*-py3-none-any.whl"))
     # pip and apt inside reach the registries the way this host does, through whatever CA it trusts
     shutil.copyfile("/etc/ssl/certs/ca-certificates.crt", IMAGE / "etc" / "ssl" / "certs" / "ca-certificates.crt")
-    install = f". {GUEST_REPO}/vagrant/provision/common.sh && install_wardgate"
+    prepare = f"""set -e
+        export PIP_CONFIG_FILE=/dev/null  # this step uses the package index; /etc/pip.conf is for the machines
+        . {GUEST_REPO}/vagrant/provision/common.sh
+        install_wardgate
+        apt-get update -qq
+        apt-get install -y -qq --download-only pipx {GUEST_REPO}/dist/{deb}
+        {LAB_TOOLS_VENV}/bin/pip download -q --disable-pip-version-check --dest {WHEELS} \
+          {GUEST_REPO}/dist/{wheel} pip setuptools wheel
+        printf '[global]\\nno-index = true\\nfind-links = {WHEELS}\\n' > /etc/pip.conf
+    """
     command = [
         "systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", str(IMAGE), f"--bind={REPO}:{GUEST_REPO}",
         "env", "-i", f"PATH={GUEST_PATH}", "HOME=/root", f"WARDGATE_REPO={GUEST_REPO}", "MACHINE=image",
-        "bash", "-c", install,
+        "WARDGATE_INSTALL=package", "DEBIAN_FRONTEND=noninteractive", "bash", "-c", prepare,
     ]  # fmt: skip
-    _run(command, "install_wardgate on the image (the host's network; a no-op when nothing changed)", timeout=1800)
+    _run(command, "the image: the lab's tools, apt's cache and the client's wheels (the host's network)", 1800)
     return IMAGE
+
+
+def _one_package(pattern: str) -> str:
+    found = sorted((REPO / "dist").glob(pattern))
+    if len(found) != 1:
+        raise ContainerError(f"want one dist/{pattern}, found {[p.name for p in found]}: run `make dist` first")
+    return found[0].name
 
 
 def boot(root: Path, netns: str, hostname: str, share: Path, console: Path) -> None:

@@ -18,7 +18,8 @@ shares one filesystem. Everything is removed on exit, failure or Ctrl-C: process
 namespaces, /etc/netns/<ns>/ and the WireGuard sockets of this lab's interfaces. Needs root.
 
 With --systemd the machines are containers booted in the same namespaces, and the scripts run as Vagrant runs
-them (VM paths, systemd units): what is left out is only the VM's own kernel and NFS.
+them (VM paths, systemd units), installing Wardgate from the packages `make dist` leaves in dist/: the node's
+.deb on the cluster, the client wheel with pipx on the client. What is left out is the VM's own kernel and NFS.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class Lab:
 
     @property
     def python(self) -> str:
-        return "/opt/wardgate/venv/bin/python" if self.systemd else "python"
+        """The interpreter of workload.py on the client (its SDKs are the lab's tools, not the client's)."""
+        return f"{containers.LAB_TOOLS_VENV}/bin/python" if self.systemd else "python"
 
     @property
     def access_log(self) -> Path:
@@ -202,8 +204,9 @@ def build(lab: Lab) -> None:
 def provision(lab: Lab) -> None:
     for machine in MACHINES:
         script = f"{lab.repo}/vagrant/provision/{machine}.sh"
-        # in a container, what Vagrant's shell provisioner does: root, WARDGATE_REPO=/vagrant, nothing else
-        vagrant = ["env", f"WARDGATE_REPO={lab.repo}"] if lab.systemd else []
+        # in a container, what Vagrant's shell provisioner does (root, WARDGATE_REPO=/vagrant), installing
+        # Wardgate from its packages in dist/ as a user would
+        vagrant = ["env", f"WARDGATE_REPO={lab.repo}", "WARDGATE_INSTALL=package"] if lab.systemd else []
         command = lab.command(machine, ["timeout", str(PROVISION_TIMEOUT), *vagrant, "bash", script])
         started = time.monotonic()
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO) as p:

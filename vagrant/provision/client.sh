@@ -8,7 +8,12 @@ WG_INTERFACE=${WG_INTERFACE:-wardgate}
 XDG_CONFIG_HOME=${XDG_CONFIG_HOME:-/root/.config}
 export XDG_CONFIG_HOME
 
-install_wardgate
+if [ "$WARDGATE_INSTALL" = package ]; then
+  install_client_package
+  WARDGATE_VENV=$LAB_TOOLS_VENV install_wardgate  # workload.py's SDKs (openai, httpx): the lab's, not the client's
+else
+  install_wardgate
+fi
 
 # Client-less access needs the cluster's public names; there is no DNS server for them in the lab.
 names="$WARDGATE_DOMAIN"

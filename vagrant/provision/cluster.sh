@@ -6,11 +6,17 @@ MACHINE=cluster
 WG_INTERFACE=${WG_INTERFACE:-wardgate0}
 export WARDGATE_CONFIG=$WARDGATE_HOME/wardgatectl.toml
 
-install_wardgate
+if [ "$WARDGATE_INSTALL" = package ]; then
+  install_node_package
+  as_node=(runuser -u wardgate --)  # the package's units run as the wardgate user: so does its home's maker
+else
+  install_wardgate
+  as_node=()
+fi
 
 if [ ! -f "$WARDGATE_HOME/cluster.toml" ]; then
   say "wardgate-cluster init (domain $WARDGATE_DOMAIN)"
-  "$BIN/wardgate-cluster" init --home "$WARDGATE_HOME" --domain "$WARDGATE_DOMAIN" \
+  "${as_node[@]}" "$BIN/wardgate-cluster" init --home "$WARDGATE_HOME" --domain "$WARDGATE_DOMAIN" \
     --admin-listen 127.0.0.1:9443 --public-listen 0.0.0.0:443
   printf '\n[tunnel]\ninterface = "%s"\n' "$WG_INTERFACE" >> "$WARDGATE_HOME/cluster.toml"
 fi
@@ -22,6 +28,14 @@ if [ ! -s "$LAB_SHARE/provider.key" ]; then
 fi
 
 write_unit_env
+if [ "$WARDGATE_INSTALL" = package ]; then
+  # The package's unit grants no capability; the lab listens on 443 (public) and 80 (tunnel), below 1024.
+  # This is the drop-in README.Debian gives for that.
+  mkdir -p /etc/systemd/system/wardgate-cluster.service.d
+  printf '%s\n' "# written by vagrant/provision/cluster.sh: the lab's listeners are on ports 443 and 80" \
+    "[Service]" "AmbientCapabilities=CAP_NET_BIND_SERVICE" "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" \
+    > /etc/systemd/system/wardgate-cluster.service.d/privileged-ports.conf
+fi
 if [ "$WARDGATE_NO_SYSTEMD" != 1 ]; then
   echo "export WARDGATE_CONFIG=$WARDGATE_CONFIG" > /etc/profile.d/wardgate.sh  # `sudo -i wardgatectl get services`
 fi
@@ -51,6 +65,13 @@ credential() {
 credential alice-lab alice auth-token "$LAB_SHARE/alice.token" token
 credential ci-bot-lab ci-bot oauth2 "$LAB_SHARE/ci-bot.oauth2" client_id client_secret
 credential node-agent-lab node-agent access-token "$WARDGATE_ETC/agent.token" token
+agent_state=$WARDGATE_ETC/agent-state
+if [ "$WARDGATE_INSTALL" = package ]; then
+  # the package's agent runs as the wardgate user and may write below /var/lib/wardgate only
+  chgrp wardgate "$WARDGATE_ETC/agent.token"
+  chmod 0640 "$WARDGATE_ETC/agent.token"
+  agent_state=$WARDGATE_HOME/agent
+fi
 
 cat > "$WARDGATE_ETC/agent.toml" <<TOML
 # written by vagrant/provision/cluster.sh
@@ -58,7 +79,7 @@ node = "lab-node"
 interface = "$WG_INTERFACE"
 listen_port = 51820
 endpoint = "$CLUSTER_IP:51820"
-state_dir = "$WARDGATE_ETC/agent-state"
+state_dir = "$agent_state"
 resync_interval = 2.0
 
 [cluster]
