@@ -43,6 +43,8 @@ from wardgate.cluster.proxy.upstream_auth import OAuth2TokenCache, auth_header
 MAX_BUFFERED_RESPONSE = 32 * 1024 * 1024
 """The largest upstream response held in memory for plugins with a `response` hook (larger: 502)."""
 MAX_DRAINED = 64 * 1024
+WHOLE_ANSWER_MAX = 256 * 1024
+"""An answer with a Content-Length up to this is read whole and sent in one write (_answer_whole)."""
 """A failed try's answer up to this size is read (and dropped) so that its connection is reused."""
 ATTEMPTS_HEADER = "x-wardgate-attempts"
 
@@ -343,15 +345,20 @@ class Upstream:
             ex.flow.response = FlowResponse(status, headers, None)
             await run.response_headers(ex.flow)
             status, headers = ex.flow.response.status, ex.flow.response.headers
-        response = web.StreamResponse(status=status, reason=upstream.reason if status == upstream.status else None)
+        length = upstream.content_length
+        whole = rewrite is None and request.method != "HEAD" and length is not None and length <= WHOLE_ANSWER_MAX
+        kind = web.Response if whole else web.StreamResponse
+        response = kind(status=status, reason=upstream.reason if status == upstream.status else None)
         response.headers.extend(headers)
         response.headers["x-request-id"] = ex.request_id
         _add_cors(ex, response)
         limit_headers(ex, response)
         _attempts_header(ex, response, route, upstream.status)
-        if upstream.content_length is not None and request.method != "HEAD" and rewrite is None:
-            response.content_length = upstream.content_length
         tap = ex.tap = ResponseTap(upstream.headers.get("Content-Type", ""), ex.strip_usage)
+        if isinstance(response, web.Response):
+            return await _answer_whole(ex, upstream, response, tap, started, first)
+        if length is not None and request.method != "HEAD" and rewrite is None:
+            response.content_length = length
         sent = 0
         await response.prepare(request)
         try:
@@ -384,6 +391,39 @@ class Upstream:
         ex.record.bytes_out = sent
         ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
         return response
+
+
+async def _answer_whole(
+    ex: Exchange,
+    upstream: aiohttp.ClientResponse,
+    response: web.Response,
+    tap: ResponseTap,
+    started: float,
+    first: bytes | None,
+) -> web.Response:
+    """A small answer of known length is read whole and sent with its head in one write (a streamed relay
+    costs a TLS record and a send for the head, each chunk and the end)."""
+    try:
+        rest = await upstream.content.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        ex.record.error = f"upstream failed mid-stream: {type(exc).__name__}"
+        if ex.request.transport is not None:
+            ex.request.transport.abort()
+        raise StreamBroken from exc
+    data = first + rest if first else rest
+    if data:
+        ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
+    if len(data) != upstream.content_length:
+        # The upstream closed early (aiohttp does not always raise): cut the client off as a relay would.
+        ex.record.bytes_out = 0
+        ex.record.error = "upstream failed mid-stream: ClientPayloadError"
+        if ex.request.transport is not None:
+            ex.request.transport.abort()
+        raise StreamBroken
+    response.body = tap.feed(data) + tap.flush()
+    ex.record.bytes_out = len(data)
+    ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
+    return response
 
 
 async def _before_commit(upstream: aiohttp.ClientResponse, plan: Plan, started: float) -> bytes | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -319,3 +321,49 @@ async def test_without_failures_one_try_is_logged(gw: Gateway) -> None:
     assert status == 200 and "x-wardgate-attempts" not in headers
     entry = await gw.last_log(requestId=headers["x-request-id"])
     assert [(a["config"], a["reason"]) for a in entry["attempts"]] == [("default", "answered")]
+
+
+async def _raw_upstream(body: bytes, announced: int) -> tuple[asyncio.Server, str]:
+    """An upstream that answers every request with `announced` as Content-Length and `body`, then closes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % announced
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut short"])
+async def test_a_small_answer_is_relayed_whole_or_the_client_is_cut_off(gw: Gateway, tmp_path: Path, cut: bool) -> None:
+    # Small answers of known length are read whole and sent in one write: an upstream that closes before its
+    # Content-Length must not turn into a short 200 that the client takes for the whole answer.
+    body = json.dumps({"id": "x", "object": "chat.completion", "choices": [], "pad": "y" * 3000}).encode()
+    server, url = await _raw_upstream(body[: len(body) // 2] if cut else body, len(body))
+    async with server:
+        name = "short" if cut else "exact"
+        apply_docs(gw.cluster, [service(name, {"upstream": {"url": url}})], tmp_path)
+        if cut:
+            # Nothing was sent yet: the client sees its connection closed, never a 200.
+            with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+                await post(gw, name)
+            entry = await gw.last_log(service=name)
+            assert entry["error"].startswith("upstream failed mid-stream")
+        else:
+            status, headers, answer = await post(gw, name)
+            assert status == 200 and answer == body and int(headers["content-length"]) == len(body)

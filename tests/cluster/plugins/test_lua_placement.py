@@ -82,6 +82,7 @@ async def test_one_long_step_moves_the_plugin_to_threads_for_good(executor: Coun
         await plugin.request(make_flow(path="/slow"))  # inline: it may hold the loop this once
     assert not plugin.inline
     assert executor.submitted == 0
+
     # From now on every step is on a thread: a step that runs to its time limit leaves the loop free.
     async def slow() -> str:
         try:
@@ -101,4 +102,3 @@ async def test_one_long_step_moves_the_plugin_to_threads_for_good(executor: Coun
     assert flow.request.headers["x-ok"] == "yes"
     assert executor.submitted == 4
     assert not plugin.inline
-
