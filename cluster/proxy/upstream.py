@@ -2,7 +2,8 @@
 
     outgoing request (headers cleaned, plugins applied) ─▶ secret injected (auth) ─▶ X-Forwarded-*, trace
     ─▶ aiohttp client ─┬─ no response-body plugin ─▶ relay: status + headers (plugins' response_headers),
-                       │                             then each chunk as it comes (SSE stays a stream)
+                       │                             then each chunk as it comes (SSE stays a stream); an
+                       │                             answer of known length ≤ WHOLE_ANSWER_MAX: one write
                        └─ a plugin reads the body ─▶ buffer (≤ MAX_BUFFERED_RESPONSE), plugins, one answer
 Failures are typed: UpstreamRefused (before the client got a status line: a clean error response) and
 StreamBroken (after: the client connection is cut, as a proxy must). A config with retries, fallbacks, a
