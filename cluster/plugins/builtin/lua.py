@@ -307,7 +307,7 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lua")
 """Where long Lua steps run. A runtime is used by one step at a time (the pool), so threads never share one."""
 
 INLINE_BUDGET = 0.002
-"""A step of a script that has never taken longer than this (seconds) runs on the event loop: handing a
+"""A step of a script that has never taken longer than this (seconds of CPU) runs on the event loop: handing a
 200 µs step to a thread costs more than the step (the handoff and the GIL traffic of its API calls halved
 the full pipeline's throughput). The first step over it moves the plugin to threads for good, so a script
 can hold up the loop once, for at most its timeLimit, and only with a body under INLINE_MAX_BODY."""
@@ -349,11 +349,12 @@ class _LuaBase:
             loop = asyncio.get_running_loop()
             while True:
                 if self.inline and self._small(flow, phase):
-                    started = time.perf_counter()
+                    # CPU time of this thread: a step preempted by a busy machine is not a long step.
+                    started = time.thread_time()
                     try:
                         out = runtime.step(args)
                     finally:
-                        if time.perf_counter() - started > INLINE_BUDGET:
+                        if time.thread_time() - started > INLINE_BUDGET:
                             self.inline = False
                 else:
                     # Off the event loop: lupa releases the GIL while Lua runs, so a script running up to its
