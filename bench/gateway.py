@@ -10,9 +10,11 @@ and a tokens limit too high to refuse: what counting costs). Prints latency p50/
 at c=32 and c=128, for JSON and SSE answers, each with its ratio to the direct path, plus peak RSS and
 the Quota's cost per request against the full pipeline. --soak N adds
 N seconds of load on the full pipeline, printing the gateway's RSS every 30 s, and exits 1 when RSS
-grows more than 10 % between the end of the first minute and the end.
+grows more than 10 % between the end of the first minute and the end. --pin runs the scale-out row
+under taskset: N workers on N cores, wrk and the provider on the other cores where the machine has any
+(each row says where they had to share).
 
-    .venv/bin/python bench/gateway.py [--duration 10] [--workers 1,2] [--soak 600]
+    .venv/bin/python bench/gateway.py [--duration 10] [--workers 1,2] [--soak 600] [--pin]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,8 +194,15 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(
-    url: str, headers: dict[str, str], body: dict[str, Any], connections: int, duration: float, script_dir: Path
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    connections: int,
+    duration: float,
+    script_dir: Path,
+    prefix: Sequence[str] = (),
 ) -> WrkResult:
+    """wrk's numbers for one target; `prefix` runs wrk under another command (taskset, `ip netns exec`)."""
     script = script_dir / f"wrk-{abs(hash((url, json.dumps(headers), json.dumps(body))))}.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
@@ -200,6 +210,7 @@ def run_wrk(
     threads = min(2, connections)
     out = subprocess.run(
         [
+            *prefix,
             "wrk",
             "-t",
             str(threads),
@@ -325,9 +336,17 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="worker counts for the scale-out row")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak on the full pipeline")
     parser.add_argument("--no-plugin", action="store_true", help="leave the Lua plugin out of the full pipeline")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="scale-out row with taskset: N workers on N cores, wrk and the provider on the others where there are any",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk (make bench installs it)", file=sys.stderr)
+        return 1
+    if args.pin and shutil.which("taskset") is None:
+        print("--pin needs taskset (util-linux)", file=sys.stderr)
         return 1
     root = Path(tempfile.mkdtemp(prefix="wardgate-bench-"))
     provider_port = free_port()
@@ -375,35 +394,119 @@ def main() -> int:
         peak = rss_kib(cluster.pids())
         print_table(rows, peak)
         print_quota_cost(rows)
-        scale: list[tuple[int, WrkResult]] = []
-        for n in worker_counts:
-            if n not in clusters:
-                cluster.stop()
-                clusters.pop(1, None)
-                clusters[n] = Cluster(root, upstream, n, not args.no_plugin)
-            c = clusters[n]
-            url = f"https://127.0.0.1:{c.public_port}/v1/chat/completions"
-            headers = {
-                "Authorization": f"Bearer {c.token}",
-                "Content-Type": "application/json",
-                "Host": f"full.{DOMAIN}",
-            }
-            scale.append((n, run_wrk(url, headers, BODY, 32, args.duration, root)))
-        print("\nScale-out, full pipeline, JSON, c=32:")
-        for n, result in scale:
-            print(
-                f"  workers={n}: {result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:.2f} ms  "
-                f"errors {result.errors}"
-            )
+        if args.pin:
+            scale_out_pinned(clusters, worker_counts, upstream, provider.pid, root, args)
+        else:
+            scale_out(clusters, worker_counts, upstream, root, args)
         if args.soak > 0 and not soak(clusters[worker_counts[-1]], args.soak, root):
             return 1
         return 0
     finally:
-        for c in clusters.values():
-            c.stop()
+        for running in clusters.values():
+            running.stop()
         provider.terminate()
         provider.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _scale_cluster(
+    clusters: dict[int, Cluster], n: int, upstream: str, root: Path, args: argparse.Namespace
+) -> tuple[Cluster, str, dict[str, str]]:
+    """The n-worker cluster (started in place of the others: one gateway at a time), its URL and headers."""
+    if n not in clusters:
+        for old in list(clusters):
+            clusters.pop(old).stop()
+        clusters[n] = Cluster(root, upstream, n, not args.no_plugin)
+    c = clusters[n]
+    url = f"https://127.0.0.1:{c.public_port}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {c.token}", "Content-Type": "application/json", "Host": f"full.{DOMAIN}"}
+    return c, url, headers
+
+
+def scale_out(
+    clusters: dict[int, Cluster], worker_counts: list[int], upstream: str, root: Path, args: argparse.Namespace
+) -> None:
+    scale: list[tuple[int, WrkResult]] = []
+    for n in worker_counts:
+        _, url, headers = _scale_cluster(clusters, n, upstream, root, args)
+        scale.append((n, run_wrk(url, headers, BODY, 32, args.duration, root)))
+    print("\nScale-out, full pipeline, JSON, c=32:")
+    for n, result in scale:
+        print(
+            f"  workers={n}: {result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:.2f} ms  "
+            f"errors {result.errors}"
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Cores for one scale-out row: the gateway's N workers on N cores, the load (wrk, the provider) elsewhere
+    when there are cores left; `note` says where they had to share."""
+
+    gateway: list[int]
+    wrk: list[int]
+    provider: list[int]
+    note: str
+
+
+def place(workers: int, cores: list[int]) -> Placement:
+    if workers > len(cores):
+        return Placement(cores, cores, cores, f"only {len(cores)} cores for {workers} workers: nothing pinned apart")
+    gateway, rest = cores[:workers], cores[workers:]
+    if not rest:
+        note = f"{len(cores)} cores: wrk and the provider share the gateway's cores (they cannot be apart)"
+        return Placement(gateway, cores, cores, note)
+    if len(rest) == 1:
+        return Placement(gateway, rest, rest, "wrk and the provider share the one other core")
+    half = len(rest) // 2
+    return Placement(gateway, rest[:half], rest[half:], "gateway, wrk and the provider each on their own cores")
+
+
+def _cpus(cores: list[int]) -> str:
+    return ",".join(map(str, cores))
+
+
+def pin(pids: list[int], cores: list[int]) -> None:
+    """Every thread of each process onto `cores` (threads and children made later inherit it)."""
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", _cpus(cores), str(pid)], check=True, capture_output=True)
+
+
+def scale_out_pinned(
+    clusters: dict[int, Cluster],
+    worker_counts: list[int],
+    upstream: str,
+    provider_pid: int,
+    root: Path,
+    args: argparse.Namespace,
+) -> None:
+    """The scale-out row with taskset: 1 worker on 1 core vs 2 workers on 2 cores, as `--workers` lists them."""
+    cores = sorted(os.sched_getaffinity(0))
+    rows: list[tuple[int, Placement, WrkResult]] = []
+    try:
+        for n in worker_counts:
+            c, url, headers = _scale_cluster(clusters, n, upstream, root, args)
+            where = place(n, cores)
+            pin(c.pids(), where.gateway)
+            pin([provider_pid], where.provider)
+            prefix = ("taskset", "-c", _cpus(where.wrk))
+            rows.append((n, where, run_wrk(url, headers, BODY, 32, args.duration, root, prefix=prefix)))
+    finally:  # the soak, if any, runs unpinned as without --pin
+        pin([provider_pid], cores)
+        for c in clusters.values():
+            pin(c.pids(), cores)
+    print(f"\nScale-out, full pipeline, JSON, c=32, pinned with taskset ({len(cores)} cores: {_cpus(cores)}):")
+    for n, where, result in rows:
+        print(
+            f"  workers={n} on cpu {_cpus(where.gateway)}: {result.requests_per_second:8.0f} req/s  "
+            f"p50 {result.p50_ms:.2f} ms  errors {result.errors}  (wrk on cpu {_cpus(where.wrk)}, provider on cpu "
+            f"{_cpus(where.provider)}; {where.note})"
+        )
+    base = rows[0][2].requests_per_second if rows else 0.0
+    for n, _, result in rows[1:]:
+        if base:
+            ratio = result.requests_per_second / base
+            print(f"  {n} workers / {rows[0][0]}: x{ratio:.2f} (ideal x{n / rows[0][0]:.0f})")
 
 
 SOAK_SAMPLE_EVERY = 30.0
