@@ -1,10 +1,11 @@
 """Human browser login through an OIDC IdentityProvider, on `https://<domain>`.
 
     GET /login[?rd=&idp=] ─▶ the IdentityProvider ─▶ its discovery document (identity.oidc, cached)
-        ─▶ a pending login in memory {state: verifier, nonce, rd, idp, binding} (10 min, single use)
         ─▶ 302 to the authorization endpoint (code flow, PKCE S256, state, nonce)
-           + a binding cookie, so that only the browser that started the login can finish it
-    GET /login/callback?code=&state= ─▶ take the pending login (once) ─▶ binding cookie matches
+           + the pending login {verifier, nonce, rd, idp} in a cookie named after the state, sealed for that
+             state (identity.sealed; 10 min): only the browser that started the login can finish it, and any
+             worker of any node can, since none keeps it in memory
+    GET /login/callback?code=&state= ─▶ the state's cookie opens (not forged, altered or expired) ─▶ cleared
         ─▶ identity.oidc: code exchange (PKCE verifier, client secret from the referenced Secret)
            and the ID token checks (signature, iss, aud, exp, nonce) ─▶ claim `userClaim` ─▶ User
         ─▶ SessionService.open (CLIENTLESS; the user's oldest browser Sessions beyond the cap are evicted)
@@ -18,11 +19,8 @@ browser gets a plain page without it.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import secrets
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import escape
@@ -36,6 +34,7 @@ from wardgate.cluster.api.site_log import Refused, route
 from wardgate.cluster.errors import Unauthenticated, Unavailable
 from wardgate.cluster.identity.authenticate import SESSION_COOKIE, Authenticator
 from wardgate.cluster.identity.oidc import OidcClient, OidcError, Provider, authorization_url
+from wardgate.cluster.identity.sealed import SealedError, SealedValues
 from wardgate.cluster.identity.sessions import SessionService
 from wardgate.cluster.identity.tokens import TokenService
 from wardgate.cluster.resources.credential import Secret
@@ -48,9 +47,8 @@ log = logging.getLogger(__name__)
 
 SESSION_TTL = timedelta(hours=8)
 PENDING_TTL_SECONDS = 600.0
-MAX_PENDING = 10_000
 MAX_RD_LENGTH = 2048
-BINDING_COOKIE_PREFIX = "wardgate_login_"
+LOGIN_COOKIE_PREFIX = "wardgate_login_"
 CALLBACK_PATH = "/login/callback"
 
 
@@ -105,20 +103,34 @@ def _redirect(location: str) -> web.Response:
     return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def _binding_cookie(state: str) -> str:
-    return BINDING_COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:16]
+def _login_cookie(state: str) -> str:
+    return LOGIN_COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A login between /login and its callback."""
+    """A login between /login and its callback (carried by the browser, sealed for its state)."""
 
     verifier: str
     nonce: str
     rd: str
     idp: str
-    binding: str
-    created: float
+
+    def seal(self, sealed: SealedValues, state: str, ttl: float) -> str:
+        return sealed.seal({"verifier": self.verifier, "nonce": self.nonce, "rd": self.rd, "idp": self.idp}, state, ttl)
+
+    @classmethod
+    def open(cls, sealed: SealedValues, cookie: str, state: str) -> Pending:
+        try:
+            value = sealed.open(cookie, state)
+        except SealedError as exc:
+            message = (
+                "This sign-in took too long. Start again from the page you wanted."
+                if exc.reason.endswith("expired")
+                else ""
+            )
+            raise LoginRefused(400, f"login cookie refused: {exc.reason}", message) from None
+        return cls(str(value["verifier"]), str(value["nonce"]), str(value["rd"]), str(value["idp"]))
 
 
 class BrowserLogin:
@@ -134,6 +146,7 @@ class BrowserLogin:
         tokens: TokenService,
         sessions: SessionService,
         oidc: OidcClient,
+        pending: SealedValues,
         session_ttl: timedelta = SESSION_TTL,
         pending_ttl: float = PENDING_TTL_SECONDS,
     ) -> None:
@@ -146,8 +159,7 @@ class BrowserLogin:
         self._oidc = oidc
         self._session_ttl = session_ttl
         self._pending_ttl = pending_ttl
-        self._pending: OrderedDict[str, Pending] = OrderedDict()
-        self._used: OrderedDict[str, float] = OrderedDict()
+        self._sealed = pending
 
     @property
     def redirect_uri(self) -> str:
@@ -226,33 +238,6 @@ class BrowserLogin:
             )
         return rd
 
-    def _remember(self, state: str, pending: Pending) -> None:
-        now = time.monotonic()
-        while self._pending:
-            oldest = next(iter(self._pending.values()))
-            if now - oldest.created <= self._pending_ttl and len(self._pending) < MAX_PENDING:
-                break
-            self._pending.popitem(last=False)
-        self._pending[state] = pending
-
-    def _take(self, state: str) -> Pending:
-        """The pending login of `state`, removed: a state works once."""
-        now = time.monotonic()
-        while self._used and next(iter(self._used.values())) < now:
-            self._used.popitem(last=False)
-        key = hashlib.sha256(state.encode()).hexdigest()
-        pending = self._pending.pop(state, None)
-        if pending is None:
-            if key in self._used:
-                raise LoginRefused(400, "state already used (replayed callback)")
-            raise LoginRefused(400, "unknown state (forged, or from a login that expired or another node)")
-        self._used[key] = now + self._pending_ttl
-        if len(self._used) > MAX_PENDING:
-            self._used.popitem(last=False)
-        if now - pending.created > self._pending_ttl:
-            raise LoginRefused(400, "login expired before the callback")
-        return pending
-
     async def _login(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         rd = self._return_to(request.query.get("rd"))
         idp = self._identity_provider(request.query.get("idp"))
@@ -266,9 +251,8 @@ class BrowserLogin:
             return page(200, "Sign in", "Choose how to sign in.", links)
         entry["idp"] = idp.metadata.name
         provider = await self._provider(idp)
-        state, nonce, binding = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        verifier = secrets.token_urlsafe(64)
-        self._remember(state, Pending(verifier, nonce, rd, idp.metadata.name, binding, time.monotonic()))
+        state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
+        pending = Pending(verifier, nonce, rd, idp.metadata.name)
         location = authorization_url(
             provider,
             client_id=idp.spec.client_id,
@@ -280,8 +264,8 @@ class BrowserLogin:
         )
         response = _redirect(location)
         response.set_cookie(
-            _binding_cookie(state),
-            binding,
+            _login_cookie(state),
+            pending.seal(self._sealed, state, self._pending_ttl),
             path=CALLBACK_PATH,
             secure=True,
             httponly=True,
@@ -298,13 +282,19 @@ class BrowserLogin:
         state = query.get("state", "")
         if not state:
             raise LoginRefused(400, "callback without state")
-        cookie_name = _binding_cookie(state)
+        cookie_name = _login_cookie(state)
         try:
-            pending = self._take(state)
+            # The state picks the cookie and is the associated data it was sealed with: a callback whose state
+            # this browser did not start (login CSRF, a stolen callback URL) finds no cookie that opens.
+            cookie = request.cookies.get(cookie_name)
+            if not cookie:
+                raise LoginRefused(
+                    400,
+                    "no login cookie for this state (forged state, login not started in this browser, "
+                    "already finished, or expired)",
+                )
+            pending = Pending.open(self._sealed, cookie, state)
             entry["idp"] = pending.idp
-            binding = request.cookies.get(cookie_name, "")
-            if not hmac.compare_digest(binding.encode(), pending.binding.encode()):
-                raise LoginRefused(400, "login was not started in this browser (binding cookie missing or wrong)")
             if "error" in query:
                 error = query["error"][:64]
                 detail = query.get("error_description", "")[:200]

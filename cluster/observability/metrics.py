@@ -198,6 +198,19 @@ class Metrics:
             ["service", "config", "outcome"],
             registry=self.registry,
         )
+        self.mcp_calls = Counter(
+            "wardgate_mcp_calls",
+            "MCP calls by service, method, tool (a listed name, else other) and decision",
+            ["service", "method", "tool", "decision"],
+            registry=self.registry,
+        )
+        self.mcp_duration = Histogram(
+            "wardgate_mcp_call_duration_seconds",
+            "Duration of allowed MCP calls sent alone (not in a batch), to the end of the answer",
+            ["service", "method", "tool"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         state = _StateCollector(sessions, wireguard, endpoints)
         counted: Collector = self.registry
         if shared is not None:
@@ -237,6 +250,13 @@ class Metrics:
         for attempt in record.attempts:
             # `status 503`, `connect`, `skipped`...: a bounded set (statuses are 400-599).
             self._child(self.attempts, service, attempt.config, attempt.reason.partition(":")[0]).inc()
+
+    def mcp_call(self, service: str, method: str, tool: str, decision: str) -> None:
+        """One decided MCP call; the caller bounds `method` and `tool` (proxy/mcp_metrics.py)."""
+        self._child(self.mcp_calls, service, method, tool, decision).inc()
+
+    def mcp_call_duration(self, service: str, method: str, tool: str, seconds: float) -> None:
+        self._child(self.mcp_duration, service, method, tool).observe(seconds)
 
     def drop(self, signal: str, count: int) -> None:
         self._child(self.dropped, signal).inc(count)

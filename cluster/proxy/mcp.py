@@ -8,12 +8,14 @@ The flow:
     ─▶ a refused call becomes a JSON-RPC error with the reason; nothing left: answered here
     ─▶ the allowed calls go upstream (the Gateway's own path: plugins, the Service's secret, never the
     caller's credential), to the endpoint holding the `Mcp-Session-Id`; list results filtered per caller
-    ─▶ one access-log line per call: method, name, decision (never arguments or results)
+    ─▶ one access-log line per call: method, name, decision (never arguments or results); per-tool
+    metrics (mcp_metrics.py)
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -29,6 +31,7 @@ from wardgate.cluster.authorize.resilience import Endpoint
 from wardgate.cluster.authorize.state import GatewayState, ServicePipeline
 from wardgate.cluster.errors import Refused
 from wardgate.cluster.proxy.exchange import Exchange, decision_record
+from wardgate.cluster.proxy.mcp_metrics import McpCallMetrics
 from wardgate.cluster.proxy.mcp_rpc import (
     INVALID_REQUEST,
     PARSE_ERROR,
@@ -113,11 +116,13 @@ def _rpc(body: Any, status: int = 200) -> web.Response:
 
 class McpGateway:
     """Decides and forwards the requests of MCP Services for one Gateway. `servers` speaks to the servers of
-    Services with several (`upstream.mcpServers`); without it such a Service answers 502."""
+    Services with several (`upstream.mcpServers`); without it such a Service answers 502. `metrics` counts
+    the calls per tool."""
 
-    def __init__(self, servers: McpServers | None = None) -> None:
+    def __init__(self, servers: McpServers | None = None, metrics: McpCallMetrics | None = None) -> None:
         self.pins = SessionPins()
         self._servers = servers
+        self._metrics = metrics or McpCallMetrics(None)
 
     async def handle(
         self,
@@ -158,6 +163,7 @@ class McpGateway:
             decision = outcome.decision
             assert decision is not None
             lines.append({**call.log(), "decision": decision.effect.value, "reason": decision.reason.value})
+            self._metrics.count(pipe.name, call.method or method, call.name, decision.effect.value)
             if isinstance(outcome, Admission):
                 allowed.append((call, outcome))
             elif call.is_request:
@@ -177,16 +183,41 @@ class McpGateway:
             return refused
         sent = [call for call, _ in allowed]
         may = self._may(state, caller, facts, pipe, usage)
-        config = ex.route.config
-        if config.upstream.mcp_servers:
-            return await self._several(ex, state, pipe.name, caller.user, sent, denied, batch, may)
+        started = time.perf_counter()
+        if ex.route.config.upstream.mcp_servers:
+            response = await self._several(ex, state, pipe.name, caller.user, sent, denied, batch, may)
+        else:
+            response = await self._one(
+                ex, admission, pipe.name, caller.user, facts, calls, sent, denied, batch, may, proceed
+            )
+        if len(calls) == 1:
+            call = calls[0]
+            self._metrics.timed(pipe.name, call.method or method, call.name, time.perf_counter() - started)
+        return response
+
+    async def _one(
+        self,
+        ex: Exchange,
+        admission: Admission,
+        service: str,
+        user: str,
+        facts: RequestFacts,
+        calls: list[Call],
+        sent: list[Call],
+        denied: list[dict[str, Any]],
+        batch: bool,
+        may: Callable[[list[tuple[str, str]]], Awaitable[list[bool]]],
+        proceed: Proceed,
+    ) -> web.StreamResponse:
+        """A Service with one MCP upstream: the Gateway's path, its session pinned to the endpoint and user."""
+        method, record = ex.request.method, ex.record
         body = forwarded(calls, sent, batch, facts.body) if method == "POST" else facts.body
         rewrite = ResponseFilter.of(sent, denied, batch, may) if method == "POST" else None
         ex.body_filter = rewrite if rewrite is not None and rewrite.needed else None
         session = ex.request.headers.get(SESSION_HEADER)
         if session:
-            pin = self.pins.get(pipe.name, session)
-            if pin is not None and pin.user != caller.user:
+            pin = self.pins.get(service, session)
+            if pin is not None and pin.user != user:
                 record.reason = "mcp: the session belongs to another user"
                 return _rpc(error(None, INVALID_REQUEST, "Session not found"), 404)
             ex.pinned = _endpoint(ex, pin.endpoint if pin else None)
@@ -194,12 +225,12 @@ class McpGateway:
         def answered(endpoint: Endpoint, headers: Mapping[str, str]) -> None:
             created = headers.get(SESSION_HEADER)
             if created and created != session:
-                self.pins.put(pipe.name, created, Pin(caller.user, endpoint.url))
+                self.pins.put(service, created, Pin(user, endpoint.url))
 
         ex.answered = answered
         response = await proceed(ex, admission, replace(facts, body=body, raw_path=""))
         if method == "DELETE" and session and response.status < 300:
-            self.pins.drop(pipe.name, session)
+            self.pins.drop(service, session)
         return response
 
     async def _several(
@@ -264,8 +295,8 @@ class McpGateway:
 
         return decide
 
-    @staticmethod
     def _may(
+        self,
         state: GatewayState,
         caller: Caller,
         facts: RequestFacts,
@@ -274,6 +305,7 @@ class McpGateway:
     ) -> Callable[[list[tuple[str, str]]], Awaitable[list[bool]]]:
         """Whether listed items are shown: each decided as the call of it with empty arguments."""
         rego = state.needs_rego(pipe, caller.user)
+        metrics = self._metrics
 
         def decide(calls: list[tuple[str, str]]) -> list[bool]:
             return [
@@ -284,6 +316,7 @@ class McpGateway:
             ]
 
         async def may(calls: list[tuple[str, str]]) -> list[bool]:
+            metrics.learn(pipe.name, calls)  # what the upstream listed: the names per-tool metrics may use
             if rego:  # a page of a list may be many decisions: off the event loop, as every Rego decision
                 return await asyncio.get_running_loop().run_in_executor(None, decide, calls)
             return decide(calls)

@@ -3,13 +3,15 @@
 The flow, after mcp.py has decided every call (policies see the prefixed names):
 
     initialize ─▶ sent to every server ─▶ one answer (capabilities merged) with a session id of the gateway's
-        that stands for every server's own session id (kept in this process, with its user)
+        that stands for every server's own session id: those ids and the user, sealed for the Service
+        (identity.sealed, 24 h), so that any worker of any node opens it and another user's call with it fails
     notifications ─▶ every server (202)        ping ─▶ answered here
     tools/list, prompts/list, resources/list ─▶ every server (following nextCursor), names prefixed
         (`gh_` + `search`), resources keep their URI (remembered: which server listed it), then filtered
         per caller as any MCP list
     tools/call, prompts/get ─▶ the server whose prefix the name has, prefix stripped
-    resources/read, resources/subscribe ─▶ the server that listed the URI
+    resources/read, resources/subscribe ─▶ the server that listed the URI (remembered per process; a worker
+        that has not seen the list asks every server's resources/list once)
     DELETE ─▶ every server; GET (listen) ─▶ 405: a multi-server Service has no server-initiated stream
 
 Each server gets the Service's own credential (`http.auth`), never the caller's. A server's answer is JSON or
@@ -20,7 +22,6 @@ gets "method not found", so clients fall back to `initialize`).
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +32,16 @@ import orjson
 from aiohttp import web
 
 from wardgate.cluster.errors import Unavailable
+from wardgate.cluster.identity.sealed import MAX_SEALED_LENGTH, SealedError, SealedValues
 from wardgate.cluster.proxy.upstream_auth import OAuth2TokenCache, auth_header
 from wardgate.cluster.resources.service import McpServer, UpstreamAuth
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 MAX_SESSIONS = 100_000
+"""Sessions whose resource URIs a process remembers (the oldest are forgotten first)."""
+SESSION_TTL_SECONDS = 24 * 3600.0
+"""How long a gateway session id opens; then the client gets 404 and starts a new session (as MCP says)."""
 MAX_PAGES = 20
 MAX_ANSWER_BYTES = 16 << 20
 METHOD_NOT_FOUND = -32601
@@ -54,9 +59,14 @@ class ServerFailed(Exception):
     """A server did not answer as an MCP server (unreachable, an HTTP error, no JSON-RPC answer)."""
 
 
+class SessionGone(ServerFailed):
+    """A server answered 404 to its session id: the session ended there (DELETE, expiry, a restart)."""
+
+
 @dataclass(slots=True)
 class Joint:
-    """A gateway session: the user it belongs to, each server's session id, which server listed a URI."""
+    """A gateway session: the user it belongs to, each server's session id (both sealed in the session id the
+    client holds), which server listed a URI (this process's memory of the lists it relayed)."""
 
     user: str
     sessions: dict[str, str | None]
@@ -97,18 +107,39 @@ def answer_of(raw: bytes, content_type: str, id_: Any) -> dict[str, Any]:
 class McpServers:
     """Speaks to the MCP servers of multi-server Services for one gateway process (see the module docstring)."""
 
-    def __init__(self, client: aiohttp.ClientSession, capacity: int = MAX_SESSIONS) -> None:
+    def __init__(self, client: aiohttp.ClientSession, sealed: SealedValues, capacity: int = MAX_SESSIONS) -> None:
         self._client = client
         self._oauth2 = OAuth2TokenCache(client)
-        self._joints: OrderedDict[tuple[str, str], Joint] = OrderedDict()
+        self._sealed = sealed
+        self._uris: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
         self._capacity = capacity
 
-    def _remember(self, service: str, joint: Joint) -> str:
-        sid = secrets.token_urlsafe(24)
-        self._joints[(service, sid)] = joint
-        while len(self._joints) > self._capacity:
-            self._joints.popitem(last=False)
+    def _seal(self, service: str, joint: Joint) -> str:
+        sid = self._sealed.seal({"user": joint.user, "sessions": joint.sessions}, service, SESSION_TTL_SECONDS)
+        if len(sid) > MAX_SEALED_LENGTH:
+            raise ServerFailed("the servers' session ids are too long to carry in one session id")
+        self._uris[(service, sid)] = joint.uris
+        while len(self._uris) > self._capacity:
+            self._uris.popitem(last=False)
         return sid
+
+    def _open(self, service: str, sid: str) -> tuple[Joint | None, str]:
+        """The session `sid` stands for, or None and why it does not open."""
+        try:
+            value = self._sealed.open(sid, service)
+        except SealedError as exc:
+            return None, exc.reason
+        sessions = value.get("sessions")
+        if not isinstance(value.get("user"), str) or not isinstance(sessions, dict):
+            return None, "sealed session id without user or sessions"
+        uris = self._uris.get((service, sid))
+        if uris is None:
+            uris = self._uris[(service, sid)] = {}
+            while len(self._uris) > self._capacity:
+                self._uris.popitem(last=False)
+        else:
+            self._uris.move_to_end((service, sid))
+        return Joint(value["user"], sessions, uris), ""
 
     async def _send(
         self,
@@ -129,6 +160,8 @@ class McpServers:
                 raw = await response.content.read(MAX_ANSWER_BYTES + 1)
                 if len(raw) > MAX_ANSWER_BYTES:
                     raise ServerFailed(f"{server.name}: answer larger than {MAX_ANSWER_BYTES} bytes")
+                if response.status == 404 and session is not None:
+                    raise SessionGone(f"{server.name}: its session ended (HTTP 404)")
                 if response.status >= 400:
                     raise ServerFailed(f"{server.name}: HTTP {response.status}")
                 created = response.headers.get(SESSION_HEADER)
@@ -137,6 +170,8 @@ class McpServers:
                 return answer_of(raw, response.headers.get("Content-Type", ""), message["id"]), created
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServerFailed(f"{server.name}: unreachable ({type(exc).__name__})") from None
+        except SessionGone:
+            raise
         except ServerFailed as exc:
             raise ServerFailed(f"{server.name}: {exc}") from None
 
@@ -167,14 +202,19 @@ class McpServers:
                 return _json(_error(None, INTERNAL_ERROR, "upstream credential unavailable"), 502), str(exc)
             headers[name] = value
         sid = request.headers.get(SESSION_HEADER)
-        joint = self._joints.get((service, sid)) if sid else None
-        if sid and (joint is None or joint.user != user):
-            return _json(_error(None, -32600, "Session not found"), 404), "mcp: unknown or foreign session"
+        joint: Joint | None = None
+        if sid:
+            joint, why = self._open(service, sid)
+            if joint is None or joint.user != user:
+                note = (
+                    f"mcp: session id refused ({why})" if joint is None else "mcp: the session belongs to another user"
+                )
+                return _json(_error(None, -32600, "Session not found"), 404), note
         if request.method == "GET":
             return web.Response(status=405, headers={"Allow": "POST, DELETE"}), "mcp: no listen stream"
         if request.method == "DELETE":
             if joint is not None and sid is not None:
-                self._joints.pop((service, sid), None)
+                self._uris.pop((service, sid), None)
                 await asyncio.gather(
                     *(self._end(s, joint.sessions.get(s.name), headers, timeouts) for s in servers),
                     return_exceptions=True,
@@ -186,8 +226,8 @@ class McpServers:
             for message in messages:
                 method = str(message.get("method", ""))
                 if method == "initialize":
-                    answer, created = await self._initialize(service, user, servers, message, headers, timeouts)
-                    joint = self._joints[(service, created)]
+                    answer, joint = await self._initialize(service, user, servers, message, headers, timeouts)
+                    created = self._seal(service, joint)
                 elif "id" not in message:
                     await asyncio.gather(
                         *(self._send(s, message, self._session(joint, s), headers, timeouts) for s in servers)
@@ -196,6 +236,10 @@ class McpServers:
                 else:
                     answer = await self._call(servers, joint, message, headers, timeouts, may)
                 answers.append(answer)
+        except SessionGone as exc:
+            # The gateway's session id still opens (it is not kept anywhere to forget), but a server's session
+            # behind it ended: the client starts a new session on 404, as for any MCP server.
+            return _json(_error(None, -32600, "Session not found"), 404), f"mcp: {exc}"
         except ServerFailed as exc:
             return _json(_error(None, INTERNAL_ERROR, "an MCP server of this Service failed"), 502), str(exc)
         out = {SESSION_HEADER: created} if created is not None else None
@@ -225,7 +269,7 @@ class McpServers:
         message: Mapping[str, Any],
         headers: Mapping[str, str],
         timeouts: aiohttp.ClientTimeout,
-    ) -> tuple[dict[str, Any], str]:
+    ) -> tuple[dict[str, Any], Joint]:
         replies = await asyncio.gather(*(self._send(s, message, None, headers, timeouts) for s in servers))
         results: list[dict[str, Any]] = []
         for server, (answer, _) in zip(servers, replies, strict=True):
@@ -240,13 +284,12 @@ class McpServers:
         capabilities.get("resources", {}).pop("subscribe", None)
         capabilities.get("tools", {}).pop("listChanged", None)
         joint = Joint(user, {s.name: created for s, (_, created) in zip(servers, replies, strict=True)})
-        sid = self._remember(service, joint)
         result = {
             "protocolVersion": results[0].get("protocolVersion"),
             "capabilities": capabilities,
             "serverInfo": {"name": service, "version": "wardgate"},
         }
-        return {"jsonrpc": "2.0", "id": message.get("id"), "result": result}, sid
+        return {"jsonrpc": "2.0", "id": message.get("id"), "result": result}, joint
 
     async def _call(
         self,
@@ -279,6 +322,9 @@ class McpServers:
         elif method in ROUTED_BY_URI:
             uri = params.get("uri")
             owner = joint.uris.get(uri) if joint is not None and isinstance(uri, str) else None
+            if owner is None and joint is not None and isinstance(uri, str):
+                await self._learn_uris(servers, joint, id_, headers, timeouts)
+                owner = joint.uris.get(uri)
             target = next((s for s in servers if s.name == owner), None)
             if target is None:
                 return _error(id_, INVALID_PARAMS, "Unknown resource: list the resources first")
@@ -307,6 +353,26 @@ class McpServers:
         if not isinstance(result, dict):
             raise ServerFailed(f"{server.name}: {method} failed")
         return result
+
+    async def _learn_uris(
+        self,
+        servers: Sequence[McpServer],
+        joint: Joint,
+        id_: Any,
+        headers: Mapping[str, str],
+        timeouts: aiohttp.ClientTimeout,
+    ) -> None:
+        """Which server lists each resource URI, for a session whose lists another process relayed."""
+        for server in servers:
+            cursor: str | None = None
+            for _ in range(MAX_PAGES):
+                result = await self._page(server, joint, "resources/list", id_, cursor, headers, timeouts)
+                for item in result.get("resources") or []:
+                    if isinstance(item, dict) and isinstance(item.get("uri"), str):
+                        joint.uris[item["uri"]] = server.name
+                cursor = result.get("nextCursor")
+                if not isinstance(cursor, str) or not cursor:
+                    break
 
     async def _list(
         self,

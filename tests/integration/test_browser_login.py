@@ -274,8 +274,10 @@ async def test_browser_login_reaches_the_service_and_logout_ends_the_session(env
         assert len(params["state"]) >= 32 and len(params["nonce"]) >= 32 and "openid" in params["scope"].split()
         binding_name = next(c.split("=")[0] for c in login.set_cookies if c.startswith("wardgate_login_"))
         binding = login.cookie(binding_name)
-        assert binding is not None and binding["secure"] and binding["httponly"]
+        assert binding is not None and binding["secure"] and binding["httponly"] and binding["samesite"] == "Lax"
         assert binding["path"] == "/login/callback" and not binding["domain"]
+        assert 0 < int(binding["max-age"]) <= 600
+        assert params["nonce"] not in binding.value and "v1/models" not in binding.value  # sealed, not signed
 
         callback_url = await env.authorize(browser, login.location, CAROL)
         assert callback_url.startswith(env.site_url("/login/callback?"))
@@ -345,8 +347,31 @@ async def test_replayed_callback_is_refused(env: Env) -> None:
     assert again.status == 400 and "text/html" in again.content_type
     assert again.cookie("wardgate_session") is None
     entry = env.log("callback")[-1]
-    assert entry["status"] == 400 and entry["reason"] == "state already used (replayed callback)"
+    assert entry["status"] == 400 and entry["reason"].startswith("no login cookie for this state")
     assert len(env.tap.token_requests()) == 1
+
+
+async def test_a_forged_or_altered_login_cookie_is_refused(env: Env) -> None:
+    async with env.browser() as browser:
+        callback_url, params = await env.to_callback(browser)
+        name = next(c.key for c in browser.cookie_jar if c.key.startswith("wardgate_login_"))
+        value = next(c.value for c in browser.cookie_jar if c.key == name)
+        headers = {"Cookie": f"{name}={value[:-3]}{'AAA' if value[-3:] != 'AAA' else 'BBB'}"}
+        async with env.browser() as attacker:
+            altered = await env.get(attacker, callback_url, headers=headers)
+            forged = await env.get(attacker, callback_url, headers={"Cookie": f"{name}=forged-by-hand"})
+        # the genuine cookie still finishes the login it belongs to
+        assert (await env.get(browser, callback_url)).status == 302
+    for refused in (altered, forged):
+        assert (
+            refused.status == 400 and "text/html" in refused.content_type and refused.cookie("wardgate_session") is None
+        )
+        cleared = refused.cookie(name)
+        assert cleared is not None and cleared.value == "" and cleared["path"] == "/login/callback"
+    reasons = [e["reason"] for e in env.log("callback")[:2]]
+    assert reasons[0] == "login cookie refused: sealed value forged, altered, or sealed for something else"
+    assert reasons[1].startswith("login cookie refused: sealed value malformed")
+    assert len(env.tap.token_requests()) == 1 and params["state"] not in "".join(reasons)
 
 
 async def test_replayed_code_in_a_new_login_is_refused_by_the_idp(env: Env) -> None:
@@ -389,9 +414,9 @@ async def test_forged_or_foreign_state_is_refused(env: Env) -> None:
     assert forged.status == missing.status == stolen.status == 400
     assert stolen.cookie("wardgate_session") is None
     reasons = [e["reason"] for e in env.log("callback")]
-    assert reasons[0].startswith("unknown state")
+    assert reasons[0].startswith("no login cookie for this state (forged state")
     assert reasons[1] == "callback without state"
-    assert reasons[2].startswith("login was not started in this browser")
+    assert reasons[2].startswith("no login cookie for this state")
     assert not env.tap.token_requests()
 
 
