@@ -47,6 +47,7 @@ from wardgate.cluster.identity.addresses import AddressAllocator, TunnelIdentiti
 from wardgate.cluster.identity.authenticate import Authenticator
 from wardgate.cluster.identity.janitor import expire_sessions
 from wardgate.cluster.identity.oidc import OidcClient
+from wardgate.cluster.identity.sealed import SealedValues
 from wardgate.cluster.identity.sessions import SessionService
 from wardgate.cluster.identity.tokens import SigningKey, TokenService
 from wardgate.cluster.membership import join_home, open_store, sync
@@ -113,6 +114,7 @@ def _tunnel_listener(
     limits: ConnectionLimits,
     live: LiveConnections,
     meter: Meter,
+    mcp_sessions: SealedValues,
 ) -> TunnelListener | None:
     if not settings.enabled:
         return None
@@ -127,6 +129,7 @@ def _tunnel_listener(
         telemetry=telemetry,
         live=live,
         meter=meter,
+        mcp_sessions=mcp_sessions,
     )
     addresses = [network.gateway_ipv4, network.gateway_ipv6]
     return TunnelListener(
@@ -263,6 +266,10 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     sessions = SessionService(store, cache, propagation)
+    # Values handed to clients and read back by any worker of any node are sealed with keys derived from the
+    # store key, which every node of the cluster holds (membership.py copies it on `join`).
+    cluster_key = home.store_key.read_bytes()
+    mcp_sessions = SealedValues(cluster_key, "mcp session")
     login = BrowserLogin(
         domain=settings.domain,
         base_url=base_url(settings),
@@ -271,6 +278,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         tokens=tokens,
         sessions=sessions,
         oidc=OidcClient(client),
+        pending=SealedValues(cluster_key, "browser login"),
     )
     client_access = ClientAccess(
         domain=settings.domain,
@@ -343,6 +351,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         telemetry=telemetry,
         live=live,
         meter=meter,
+        mcp_sessions=mcp_sessions,
     )
     public_server = ListenerServer(
         gateway.handle,
@@ -364,6 +373,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         limits,
         live,
         meter,
+        mcp_sessions,
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(NUDGE, store.poke)

@@ -26,6 +26,7 @@ from wardgate.cluster.authorize.facts import RequestFacts, normalize_path
 from wardgate.cluster.authorize.state import GatewayState, ServicePipeline
 from wardgate.cluster.errors import Refused, Unauthenticated
 from wardgate.cluster.identity.authenticate import Authenticator, Identity, session_cookie
+from wardgate.cluster.identity.sealed import SealedValues
 from wardgate.cluster.observability.accesslog import AccessLog
 from wardgate.cluster.observability.metrics import Metrics
 from wardgate.cluster.observability.otlp import Exporter, SpanKind, SpanRecord, new_trace
@@ -39,6 +40,7 @@ from wardgate.cluster.proxy import mcp as mcp_mode
 from wardgate.cluster.proxy.exchange import Exchange, decision_record, server_attributes
 from wardgate.cluster.proxy.headers import upstream_request_headers
 from wardgate.cluster.proxy.llm import request_model
+from wardgate.cluster.proxy.mcp_metrics import McpCallMetrics
 from wardgate.cluster.proxy.mcp_servers import McpServers
 from wardgate.cluster.proxy.metering import begin as begin_metering
 from wardgate.cluster.proxy.metering import gate as quota_gate
@@ -118,6 +120,7 @@ class Gateway:
         telemetry: Telemetry | None = None,
         live: LiveConnections | None = None,
         meter: Meter | None = None,
+        mcp_sessions: SealedValues,
     ) -> None:
         self._meter = meter
         self._domain = domain
@@ -130,7 +133,9 @@ class Gateway:
         self._node = node
         self._telemetry = telemetry
         self._live = live
-        self._mcp = mcp_mode.McpGateway(McpServers(upstream.client))
+        self._mcp = mcp_mode.McpGateway(
+            McpServers(upstream.client, mcp_sessions), McpCallMetrics(telemetry.metrics if telemetry else None)
+        )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")

@@ -26,6 +26,7 @@ from wardgate.cluster.authorize.state import GatewayState
 from wardgate.cluster.errors import Refused
 from wardgate.cluster.identity.addresses import TunnelIdentities
 from wardgate.cluster.identity.authenticate import Identity
+from wardgate.cluster.identity.sealed import SealedValues
 from wardgate.cluster.observability.accesslog import AccessLog
 from wardgate.cluster.proxy.connections import ConnectionGuard, ConnectionLimits
 from wardgate.cluster.proxy.exchange import openai_error
@@ -73,6 +74,7 @@ def tunnel_gateway(
     telemetry: Telemetry | None = None,
     live: LiveConnections | None = None,
     meter: Meter | None = None,
+    mcp_sessions: SealedValues,
 ) -> Gateway:
     return Gateway(
         domain=zone,
@@ -85,6 +87,7 @@ def tunnel_gateway(
         telemetry=telemetry,
         live=live,
         meter=meter,
+        mcp_sessions=mcp_sessions,
     )
 
 

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from wardgate.cluster.errors import Unauthenticated
 from wardgate.cluster.identity.authenticate import Authenticator
 from wardgate.cluster.identity.oauth_clients import RegistrationSettings, code_name, new_code
 from wardgate.cluster.identity.oidc import OidcClient
+from wardgate.cluster.identity.sealed import SealedValues
 from wardgate.cluster.identity.sessions import SessionService
 from wardgate.cluster.identity.tokens import SigningKey, TokenService
 from wardgate.cluster.observability.accesslog import AccessLog
@@ -142,6 +144,7 @@ async def make_as(tmp_path: Path) -> AsyncIterator[Factory]:
             tokens=tokens,
             sessions=sessions,
             oidc=OidcClient(client),
+            pending=SealedValues(os.urandom(32), "browser login"),
         )
         endpoints: list[Endpoints] = [
             TokenEndpoint(
