@@ -181,6 +181,31 @@ def test_the_client_alone_works_in_a_clean_environment_and_the_node_joins_it(bui
     run(*pip, "--find-links", built.wheelhouse, f"wardgate-node=={VERSION}", timeout=600)
     assert run(venv / "bin" / "wardgate-cluster", "--version").strip() == f"wardgate-cluster {VERSION}"
     assert run(venv / "bin" / "wardgate-agent", "--version").strip() == f"wardgate-agent {VERSION}"
+    node_modules = sorted(
+        n.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for n in built.names(built.node)
+        if n.endswith(".py") and not n.endswith("__main__.py")
+    )
+    run(venv / "bin" / "python", "-W", "error", "-c", "; ".join(f"import {m}" for m in node_modules))
+
+
+def test_postinst_leaves_opentelemetry_proto_whole(built: Built, tmp_path: Path) -> None:
+    """xds-protos ships an old opentelemetry/proto/ over opentelemetry-proto's (install order decides): the
+    postinst step that reinstalls opentelemetry-proto must leave the message the cluster's exporter builds."""
+    venv = tmp_path / "venv"
+    run(TARGET_PYTHON if Path(TARGET_PYTHON).exists() else sys.executable, "-m", "venv", venv)
+    pip: list[str | Path] = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index", "--no-compile"]
+    wheels = {w.name.split("-")[0]: w for w in built.wheelhouse.glob("*.whl")}
+    # the bad order on purpose: opentelemetry-proto first, xds-protos (and its stale copy) over it
+    run(*pip, "--no-deps", wheels["opentelemetry_proto"])
+    run(*pip, "--no-deps", wheels["xds_protos"])
+    (common,) = venv.glob("lib/python3*/site-packages/opentelemetry/proto/common/v1/common_pb2.py")
+    assert "InstrumentationScope" not in common.read_text(), "xds-protos no longer overwrites: drop the step"
+    postinst = run("dpkg-deb", "-I", built.deb, "postinst")
+    (step,) = re.findall(r"^  otel=.*\n(?:.*\\\n)*.*\n", postinst, re.M)
+    script = step.replace('"$PREFIX/venv', f'"{venv}').replace('"$PREFIX/wheelhouse"', f'"{built.wheelhouse}"')
+    run("sh", "-c", script)
+    assert "InstrumentationScope" in common.read_text()
 
 
 def test_the_deb_declares_a_node_and_installs_the_wheelhouse(built: Built) -> None:

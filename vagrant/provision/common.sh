@@ -77,7 +77,7 @@ install_node_package() {
   local deb
   deb=$(the_package 'wardgate-node_*.deb')
   say "apt-get install ${deb#"$WARDGATE_REPO"/}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall "$deb"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 --reinstall "$deb"
   mkdir -p "$LAB_SHARE"
 }
 
@@ -88,7 +88,7 @@ install_client_package() {
   wheel=$(the_package 'wardgate-*-py3-none-any.whl')
   if ! command -v pipx > /dev/null; then
     say "installing pipx"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pipx
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 pipx > /dev/null
   fi
   say "pipx install ${wheel#"$WARDGATE_REPO"/}"
   PIPX_HOME=$PIPX_HOME PIPX_BIN_DIR=/usr/local/bin pipx install --force "$wheel"
