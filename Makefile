@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
 
-.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench bench-ha clean lab lab-systemd lab-up lab-down lab-shell \
+.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench bench-ha bench-tunnel bench-plumbing clean lab lab-systemd lab-up lab-down lab-shell \
   wheels deb dist
 
 install: apt-packages $(STAMP)
@@ -99,6 +99,21 @@ bench: install
 HA_ROUNDS ?= 200
 bench-ha: install test-packages
 	$(BIN)/python bench/ha.py --rounds $(HA_ROUNDS)
+
+# `make bench-tunnel` (root; not part of `make test`): one Service direct, over the public HTTPS path and through
+# the WireGuard tunnel (wardgate connect, wireguard-go), wrk in the client's namespace (bench/README.md).
+TUNNEL_ARGS ?=
+bench-tunnel: install
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(BIN)/python bench/tunnel.py $(TUNNEL_ARGS)
+
+# `make bench-plumbing` (not part of `make test`): the HTTP listener and upstream client alternatives as bare
+# proxies, side by side with the direct path (docs/http-plumbing.md). PLUMBING_ARGS="--checks-only".
+PLUMBING_ARGS ?=
+bench-plumbing: install
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(BIN)/pip install -q --disable-pip-version-check granian==2.8.9 pyreqwest==0.15.1 httptools==0.9.0
+	$(BIN)/python bench/plumbing.py $(PLUMBING_ARGS)
 
 # The lab (vagrant/README.md): the Vagrantfile's three machines as network namespaces on this host, provisioned
 # by the same vagrant/provision/*.sh. `make lab` runs the scenario and tears down; needs root.
