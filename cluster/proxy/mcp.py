@@ -7,7 +7,8 @@ The flow:
     GET (listen) / DELETE (end session): one transport call ─▶ admit each call with `ctx.request.mcp`
     ─▶ a refused call becomes a JSON-RPC error with the reason; nothing left: answered here
     ─▶ the allowed calls go upstream (the Gateway's own path: plugins, the Service's secret, never the
-    caller's credential), to the endpoint holding the `Mcp-Session-Id`; list results filtered per caller
+    caller's credential), to the endpoint holding the `Mcp-Session-Id` (the client's is sealed: SessionPins);
+    list results filtered per caller
     ─▶ one access-log line per call: method, name, decision (never arguments or results); per-tool
     metrics (mcp_metrics.py)
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +30,7 @@ from wardgate.cluster.authorize.facts import RequestFacts
 from wardgate.cluster.authorize.resilience import Endpoint
 from wardgate.cluster.authorize.state import GatewayState, ServicePipeline
 from wardgate.cluster.errors import Refused
+from wardgate.cluster.identity.sealed import SealedError, SealedValues
 from wardgate.cluster.proxy.exchange import Exchange, decision_record
 from wardgate.cluster.proxy.mcp_metrics import McpCallMetrics
 from wardgate.cluster.proxy.mcp_rpc import (
@@ -44,14 +45,12 @@ from wardgate.cluster.proxy.mcp_rpc import (
     forwarded,
     parse,
 )
-from wardgate.cluster.proxy.mcp_servers import McpServers
+from wardgate.cluster.proxy.mcp_servers import SESSION_TTL_SECONDS, McpServers
 from wardgate.cluster.proxy.metering import gate as quota_gate
 
 ENDPOINT = "/mcp"
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 SESSION_HEADER = "Mcp-Session-Id"
-MAX_PINNED = 100_000
-"""Sessions remembered per gateway process (the oldest are forgotten first)."""
 
 Proceed = Callable[[Exchange, Admission, RequestFacts], Awaitable[web.StreamResponse]]
 """The Gateway's path from an admission to the upstream (plugins, then the upstream call)."""
@@ -84,30 +83,35 @@ def metadata(service_origin: str, authorization_server: str, service: str) -> we
 
 @dataclass(frozen=True, slots=True)
 class Pin:
+    """What the client's `Mcp-Session-Id` stands for: the user, the endpoint that created the session, and
+    the upstream's own session id."""
+
     user: str
     endpoint: str
+    session: str
 
 
 class SessionPins:
-    """`Mcp-Session-Id` ─▶ the endpoint that created the session and the user it belongs to (bounded LRU)."""
+    """The client sees a sealed Pin as its `Mcp-Session-Id` (identity.sealed, bound to the Service, 24 h), so
+    that every worker of every node pins the session to its endpoint and its user, none remembering it."""
 
-    def __init__(self, capacity: int = MAX_PINNED) -> None:
-        self._pins: OrderedDict[tuple[str, str], Pin] = OrderedDict()
-        self._capacity = capacity
+    def __init__(self, sealed: SealedValues) -> None:
+        self._sealed = sealed
 
-    def get(self, service: str, session: str) -> Pin | None:
-        pin = self._pins.get((service, session))
-        if pin is not None:
-            self._pins.move_to_end((service, session))
-        return pin
+    def seal(self, service: str, pin: Pin) -> str:
+        value = {"user": pin.user, "endpoint": pin.endpoint, "session": pin.session}
+        return self._sealed.seal(value, service, SESSION_TTL_SECONDS)
 
-    def put(self, service: str, session: str, pin: Pin) -> None:
-        self._pins[(service, session)] = pin
-        while len(self._pins) > self._capacity:
-            self._pins.popitem(last=False)
-
-    def drop(self, service: str, session: str) -> None:
-        self._pins.pop((service, session), None)
+    def open(self, service: str, sid: str) -> tuple[Pin | None, str]:
+        """The Pin `sid` stands for, or None and why it does not open."""
+        try:
+            value = self._sealed.open(sid, service)
+        except SealedError as exc:
+            return None, exc.reason
+        user, endpoint, session = (value.get(k) for k in ("user", "endpoint", "session"))
+        if not (isinstance(user, str) and isinstance(endpoint, str) and isinstance(session, str)):
+            return None, "sealed value is not a session of a one-upstream Service"
+        return Pin(user, endpoint, session), ""
 
 
 def _rpc(body: Any, status: int = 200) -> web.Response:
@@ -115,12 +119,14 @@ def _rpc(body: Any, status: int = 200) -> web.Response:
 
 
 class McpGateway:
-    """Decides and forwards the requests of MCP Services for one Gateway. `servers` speaks to the servers of
-    Services with several (`upstream.mcpServers`); without it such a Service answers 502. `metrics` counts
-    the calls per tool."""
+    """Decides and forwards the requests of MCP Services for one Gateway. `sessions` seals the session ids
+    clients see; `servers` speaks to the servers of Services with several (`upstream.mcpServers`); without it
+    such a Service answers 502. `metrics` counts the calls per tool."""
 
-    def __init__(self, servers: McpServers | None = None, metrics: McpCallMetrics | None = None) -> None:
-        self.pins = SessionPins()
+    def __init__(
+        self, sessions: SealedValues, servers: McpServers | None = None, metrics: McpCallMetrics | None = None
+    ) -> None:
+        self.pins = SessionPins(sessions)
         self._servers = servers
         self._metrics = metrics or McpCallMetrics(None)
 
@@ -215,23 +221,29 @@ class McpGateway:
         rewrite = ResponseFilter.of(sent, denied, batch, may) if method == "POST" else None
         ex.body_filter = rewrite if rewrite is not None and rewrite.needed else None
         session = ex.request.headers.get(SESSION_HEADER)
+        pin: Pin | None = None
         if session:
-            pin = self.pins.get(service, session)
-            if pin is not None and pin.user != user:
-                record.reason = "mcp: the session belongs to another user"
+            pin, why = self.pins.open(service, session)
+            if pin is None or pin.user != user:
+                record.reason = (
+                    f"mcp: session id refused ({why})" if pin is None else "mcp: the session belongs to another user"
+                )
                 return _rpc(error(None, INVALID_REQUEST, "Session not found"), 404)
-            ex.pinned = _endpoint(ex, pin.endpoint if pin else None)
+            ex.pinned = _endpoint(ex, pin.endpoint)
+            ex.upstream_headers[SESSION_HEADER] = pin.session
 
         def answered(endpoint: Endpoint, headers: Mapping[str, str]) -> None:
+            # The upstream's own session id never reaches the client: it gets the sealed one standing for it.
             created = headers.get(SESSION_HEADER)
-            if created and created != session:
-                self.pins.put(service, created, Pin(user, endpoint.url))
+            if not created:
+                return
+            if session and pin is not None and created == pin.session:
+                ex.answer_headers[SESSION_HEADER] = session
+            else:
+                ex.answer_headers[SESSION_HEADER] = self.pins.seal(service, Pin(user, endpoint.url, created))
 
         ex.answered = answered
-        response = await proceed(ex, admission, replace(facts, body=body, raw_path=""))
-        if method == "DELETE" and session and response.status < 300:
-            self.pins.drop(service, session)
-        return response
+        return await proceed(ex, admission, replace(facts, body=body, raw_path=""))
 
     async def _several(
         self,

@@ -1,14 +1,16 @@
 """State a client carries between requests works on every worker (`run --workers 2`, real processes, real TLS).
 
-Every request below goes on a new connection, which SO_REUSEPORT hands to either worker. The browser login
-(the pending login between /login and the callback) and a multi-server MCP session (the servers' session ids
-behind the gateway's) must work wherever each request lands; each worker's own metric files prove that both
-workers served MCP calls. The per-tool MCP metrics are read from `/metrics`, summed over the workers.
+Every request below goes on a new connection, which SO_REUSEPORT hands to either worker. These must work
+wherever each request lands: the browser login (the pending login between /login and the callback), a
+multi-server MCP session (the servers' session ids behind the gateway's), and a one-upstream MCP session
+pinned to its replica and user. Each worker's own metric files prove that both workers served MCP calls.
+The per-tool MCP metrics are read from `/metrics`, summed over the workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import urllib.request
 from collections.abc import AsyncIterator
@@ -123,14 +125,19 @@ async def mcp_cluster(tmp_path: Path) -> AsyncIterator[tuple[Gateway, McpServer,
             await asyncio.to_thread(stop_cluster, cluster)
 
 
-async def _post(gw: Gateway, token: str, body: Any, sid: str | None = None) -> tuple[int, dict[str, str], Any]:
+async def _post(
+    gw: Gateway, token: str, body: Any, sid: str | None = None, service: str = "tools-mcp"
+) -> tuple[int, dict[str, str], Any]:
     headers = {**ACCEPT, "Authorization": f"Bearer {token}", **({"Mcp-Session-Id": sid} if sid else {})}
-    url = gw.cluster.public_url("tools-mcp") + "/mcp"
+    url = gw.cluster.public_url(service) + "/mcp"
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
         session.post(url, json=body, headers=headers, ssl=gw.ssl_context()) as r,
     ):
-        answer = await r.json(content_type=None) if r.status != 202 else None
+        text = await r.text()
+        if r.content_type == "text/event-stream":  # a one-upstream Service relays the server's stream
+            text = [line[5:] for line in text.splitlines() if line.startswith("data:")][-1]
+        answer = json.loads(text) if r.status != 202 else None
         return r.status, {k.lower(): v for k, v in r.headers.items()}, answer
 
 
@@ -225,3 +232,51 @@ async def test_a_multi_server_session_works_on_every_worker_and_stays_with_its_u
     status, _, gone = await _post(gw, alice, {"jsonrpc": "2.0", "id": 200, "method": "tools/list"}, sid)
     assert status == 404 and gone["error"]["message"] == "Session not found"
     assert "Traceback" not in gw.cluster.log_path.read_text()
+
+
+async def test_a_session_of_one_upstream_stays_on_its_replica_and_user_on_every_worker(
+    mcp_cluster: tuple[Gateway, McpServer, McpServer], tmp_path: Path
+) -> None:
+    """Two replicas that each know only their own sessions, two workers: every request on a new connection
+    must reach the replica that created the session, and only for its user, whichever worker takes it."""
+    gw, docs, _ = mcp_cluster
+    async with mcp_server(tmp_path, "json") as replica:
+        rules = [{"effect": "ALLOW", "condition": {"match": 'ctx.user.metadata.name in ["alice", "bob"]'}}]
+        service = {
+            "kind": "Service",
+            "metadata": {"name": "docs-ha"},
+            "spec": {
+                "mode": "MCP",
+                "isPublic": True,
+                "config": {
+                    "upstream": {"endpoints": [{"url": docs.url}, {"url": replica.url}]},
+                    "http": {"auth": {"bearer": {"fromSecret": "tools-mcp-token"}}},
+                },
+                "authorization": {"inlinePolicies": [{"spec": {"rules": rules}}]},
+            },
+        }
+        apply_docs(gw.cluster, [service], tmp_path)
+        alice = await fetch_token(gw, "alice-oauth", gw.client_secrets["alice"])
+        bob = await fetch_token(gw, "bob-oauth", gw.client_secrets["bob"])
+        status, headers, _ = await _post(gw, alice, INITIALIZE, service="docs-ha")
+        assert status == 200
+        sid = headers["mcp-session-id"]
+        assert len(sid) > 100  # sealed: the replica's own session id (32 hex digits) is not what the client sees
+        status, _, _ = await _post(gw, alice, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid, "docs-ha")
+        assert status == 202
+        altered = sid[:20] + ("A" if sid[20] != "A" else "B") + sid[21:]
+        for i in range(ROUNDS):
+            status, answered, found = await _post(
+                gw, alice, _call(10 + i, "search_docs", {"query": f"q{i}"}), sid, "docs-ha"
+            )
+            assert status == 200 and found["result"]["content"][0]["text"] == f"found: q{i}", found
+            assert answered.get("mcp-session-id", sid) == sid
+            status, _, _ = await _post(gw, bob, _call(40 + i, "search_docs", {"query": "x"}), sid, "docs-ha")
+            assert status == 404
+            status, _, _ = await _post(gw, alice, _call(70 + i, "search_docs", {"query": "x"}), altered, "docs-ha")
+            assert status == 404
+    per_worker = _mcp_per_worker(gw.cluster.home / "run" / "metrics")
+    assert len([c for c in per_worker if c > 0]) == 2, per_worker
+    refusals = [e.get("reason", "") for e in gw.access_log() if e.get("service") == "docs-ha" and e["status"] == 404]
+    assert len(refusals) == 2 * ROUNDS
+    assert refusals.count("mcp: the session belongs to another user") == ROUNDS
