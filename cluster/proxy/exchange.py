@@ -85,6 +85,11 @@ class Exchange:
     answered: Callable[[Endpoint, Mapping[str, str]], None] | None = None
     """Called with the endpoint and its headers when an upstream answers, before the client sees the answer
     (MCP pins the session an endpoint created before the client can use it)."""
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    """Request headers the upstream gets instead of the client's (MCP: the upstream's own session id)."""
+    answer_headers: dict[str, str] = field(default_factory=dict)
+    """Headers the client's answer gets instead of the upstream's, set by `answered` (MCP: the gateway's
+    sealed session id in place of the upstream's)."""
     more_lines: list[dict[str, Any]] = field(default_factory=list)
     """Fields of further access-log lines, each the record plus these (an MCP batch: one per call)."""
 

@@ -134,7 +134,9 @@ class Gateway:
         self._telemetry = telemetry
         self._live = live
         self._mcp = mcp_mode.McpGateway(
-            McpServers(upstream.client, mcp_sessions), McpCallMetrics(telemetry.metrics if telemetry else None)
+            mcp_sessions,
+            McpServers(upstream.client, mcp_sessions),
+            McpCallMetrics(telemetry.metrics if telemetry else None),
         )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -320,6 +322,7 @@ class Gateway:
         headers = upstream_request_headers(ex.request.headers, route.remove_request_headers, passed)
         for name, value in route.add_request_headers:
             headers[name] = value
+        headers.update(ex.upstream_headers)
         # The path the rules judged (normalised once, in RequestFacts) is the path the upstream gets.
         outgoing = FlowRequest(ex.request.method, facts.raw_path, url.raw_query_string, headers, facts.body)
         state = ex.state

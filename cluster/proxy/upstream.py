@@ -308,6 +308,7 @@ class Upstream:
         tap.feed(bytes(data))
         status = upstream.status
         headers = client_response_headers(upstream.headers, route.remove_response_headers)
+        headers.update(ex.answer_headers)
         if ex.body_filter is not None:
             status, content_type = ex.body_filter.head(status, upstream.headers.get("Content-Type", ""))
             if content_type is not None:
@@ -334,6 +335,7 @@ class Upstream:
     ) -> web.StreamResponse:
         request = ex.request
         headers = client_response_headers(upstream.headers, route.remove_response_headers)
+        headers.update(ex.answer_headers)
         for name, value in route.add_response_headers:
             headers[name] = value
         status = upstream.status
