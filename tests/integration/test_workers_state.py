@@ -145,12 +145,19 @@ def _call(id_: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id_, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
 
 
-def _mcp_per_worker(directory: Path) -> list[float]:
-    """MCP calls counted in each worker's own counter file."""
+def _mcp_per_worker(directory: Path, method: str | None = None) -> list[float]:
+    """MCP calls (of `method`, or all) counted in each worker's own counter file."""
     counts = []
     for path in sorted(directory.glob("counter_*.db")):
         families = MultiProcessCollector.merge([str(path)], accumulate=True)  # type: ignore[no-untyped-call]
-        counts.append(sum(s.value for f in families for s in f.samples if s.name == "wardgate_mcp_calls_total"))
+        counts.append(
+            sum(
+                s.value
+                for f in families
+                for s in f.samples
+                if s.name == "wardgate_mcp_calls_total" and method in (None, s.labels["method"])
+            )
+        )
     return counts
 
 
@@ -183,10 +190,10 @@ async def test_a_multi_server_session_works_on_every_worker_and_stays_with_its_u
     assert status == 202
     # Each worker learns the tool names for its metric labels from a list it relays: list until both have.
     metrics_dir = gw.cluster.home / "run" / "metrics"
-    for attempt in range(60):
+    for _ in range(60):
         status, _, listed = await _post(gw, alice, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
         assert status == 200 and "gh_search_issues" in {t["name"] for t in listed["result"]["tools"]}
-        if attempt >= 1 and len([c for c in _mcp_per_worker(metrics_dir) if c > 0]) == 2:
+        if len([c for c in _mcp_per_worker(metrics_dir, "tools/list") if c > 0]) == 2:
             break
     else:
         raise AssertionError(f"one worker served every call: {_mcp_per_worker(metrics_dir)}")
