@@ -318,6 +318,7 @@ class Meter:
                 log.warning("quota reconciliation of %d counters dropped: %s", len(merged), exc)
 
     async def run(self) -> None:
+        await asyncio.to_thread(self.tokenizer.load)
         async with asyncio.TaskGroup() as tasks:
             if self.writer is not None:
                 tasks.create_task(self.writer.run())

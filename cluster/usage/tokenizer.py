@@ -4,7 +4,6 @@ four bytes a token where quicktok is not installed. Counts made here are marked 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -21,14 +20,11 @@ class _Encoding(Protocol):
 
 
 class Tokenizer:
-    """Counts tokens. The encoding takes seconds and about 70 MiB to load, so it is loaded on first need, in a
-    thread beside the request path; until it is loaded, counts are by length. A node whose providers report
-    usage and whose Quotas count only requests never loads it."""
+    """Counts tokens. The encoding takes about a second to load: `load()` runs once per process, in a thread
+    beside the request path (the meter's task); until it is loaded, counts are by length."""
 
     def __init__(self) -> None:
         self._encoding: _Encoding | None = None
-        self._loading = threading.Lock()
-        self._started = False
 
     def load(self) -> None:
         try:
@@ -38,20 +34,10 @@ class Tokenizer:
         except Exception as exc:  # an estimate by length is still an estimate
             log.warning("quicktok unavailable (%s); token estimates use ~4 bytes a token", exc)
 
-    def _load_soon(self) -> None:
-        with self._loading:
-            if self._started:
-                return
-            self._started = True
-        threading.Thread(target=self.load, name="tokenizer-load", daemon=True).start()
-
     def count(self, text: str) -> int:
         if not text:
             return 0
-        if self._encoding is None:
-            self._load_soon()
-            return len(text.encode()) // 4 + 1
-        if len(text) > MAX_COUNTED:
+        if self._encoding is None or len(text) > MAX_COUNTED:
             return len(text.encode()) // 4 + 1
         return len(self._encoding.encode(text))
 
