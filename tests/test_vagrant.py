@@ -18,7 +18,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 VAGRANT = REPO / "vagrant"
-MACHINES = ("cluster", "upstream", "client")
+MACHINES = ("db", "cluster", "cluster2", "upstream", "client")
+# what each machine runs: cluster2 is the first cluster machine's script, joining instead of initialising
+SCRIPTS = {"db": "db", "cluster": "cluster", "cluster2": "cluster", "upstream": "upstream", "client": "client"}
+ROLES = {"cluster": {"CLUSTER_ROLE": "init"}, "cluster2": {"CLUSTER_ROLE": "join"}}
 
 # Just enough of Vagrant's configuration API to run the Vagrantfile and print what it configured as JSON.
 RECORDER = r"""
@@ -118,13 +121,13 @@ def test_the_vagrantfile_is_valid_ruby() -> None:
 def test_the_vagrantfile_names_only_provisioning_scripts_that_exist() -> None:
     text = (VAGRANT / "Vagrantfile").read_text()
     scripts = re.findall(r'"(provision/[^"]+)"', text)
-    assert sorted(scripts) == sorted(f"provision/{m}.sh" for m in MACHINES)
+    assert sorted(set(scripts)) == sorted({f"provision/{s}.sh" for s in SCRIPTS.values()})
     for script in scripts:
         assert (VAGRANT / script).is_file(), script
         assert os.access(VAGRANT / script, os.X_OK), f"{script} is not executable"
 
 
-def test_the_vagrantfile_describes_the_three_machines_of_the_namespace_lab(vagrantfile: dict[str, Any]) -> None:
+def test_the_vagrantfile_describes_the_five_machines_of_the_namespace_lab(vagrantfile: dict[str, Any]) -> None:
     env = lab_env()
     assert vagrantfile["box"] == "debian/bookworm64"
     assert set(vagrantfile["providers"]) == {"virtualbox", "libvirt"}
@@ -138,8 +141,9 @@ def test_the_vagrantfile_describes_the_three_machines_of_the_namespace_lab(vagra
         assert machine["networks"] == [{"type": "private_network", "ip": env[f"{name.upper()}_IP"]}]
         (provisioner,) = machine["provisioners"]
         assert provisioner["type"] == "shell"
-        assert provisioner["path"] == f"provision/{name}.sh"
-        assert provisioner["env"] == {"WARDGATE_REPO": "/vagrant"}  # the synced repository, scripts run from it
+        assert provisioner["path"] == f"provision/{SCRIPTS[name]}.sh"
+        # the synced repository, scripts run from it; a cluster machine's role (init or join)
+        assert provisioner["env"] == {"WARDGATE_REPO": "/vagrant", **ROLES.get(name, {})}
         assert set(machine["providers"]) == {"virtualbox", "libvirt"}
         assert machine["providers"]["virtualbox"]["memory"] == machine["providers"]["libvirt"]["memory"] >= 1024
 
@@ -149,6 +153,22 @@ def test_the_namespace_lab_runs_the_same_scripts_in_the_same_order() -> None:
 
     assert lab.MACHINES == MACHINES
     assert lab.VAGRANT == VAGRANT
+    assert {m: (f"{SCRIPTS[m]}.sh", ROLES.get(m, {})) for m in MACHINES} == lab.PROVISION
+    env = lab_env()
+    assert len({env[f"{m.upper()}_IP"] for m in MACHINES}) == len(MACHINES)  # an address of its own each
+
+
+def test_the_cluster_script_inits_one_node_and_joins_the_other_with_the_store_key_over_the_share() -> None:
+    script = (VAGRANT / "provision" / "cluster.sh").read_text()
+    init = re.search(r'wardgate-cluster" init .*\n.*--store "\$store"', script)
+    join = re.search(
+        r'wardgate-cluster" join .*--store "\$store" \\\n\s*--store-key-file "\$WARDGATE_ETC/store.key"', script
+    )
+    assert init and join, "cluster.sh must init with --store and join with the handed-over store key"
+    assert 'install -m 0600 "$WARDGATE_HOME/store.key" "$LAB_SHARE/store.key"' in script
+    assert 'install -m 0600 "$LAB_SHARE/store.key" "$WARDGATE_ETC/store.key"' in script
+    db = (VAGRANT / "provision" / "db.sh").read_text()
+    assert "postgresql://wardgate:$password@$DB_IP:$DB_PORT/wardgate" in db and '"$LAB_SHARE/store.url"' in script
 
 
 def test_the_scripts_parse_and_start_only_units_that_ship() -> None:

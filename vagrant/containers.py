@@ -67,7 +67,7 @@ def prepare_image() -> Path:
         . {GUEST_REPO}/vagrant/provision/common.sh
         install_wardgate
         apt-get update -qq
-        apt-get install -y -qq --download-only pipx {GUEST_REPO}/dist/{deb}
+        apt-get install -y -qq --download-only pipx postgresql-15 {GUEST_REPO}/dist/{deb}
         {LAB_TOOLS_VENV}/bin/pip download -q --disable-pip-version-check --dest {WHEELS} \
           {GUEST_REPO}/dist/{wheel} pip setuptools wheel
         printf '[global]\\nno-index = true\\nfind-links = {WHEELS}\\n' > /etc/pip.conf

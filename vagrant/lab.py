@@ -1,4 +1,4 @@
-"""The lab on one host: the Vagrantfile's three machines as network namespaces, provisioned by the same scripts.
+"""The lab on one host: the Vagrantfile's five machines as network namespaces, provisioned by the same scripts.
 
     python -m vagrant.lab run   [--name N]   build, provision, run the scenario, tear down (exit 0: all passed)
     python -m vagrant.lab up    [--name N]   build and provision, leave it running (default name "wardgate")
@@ -8,14 +8,17 @@
     --systemd (run, up)                      each machine a Debian container booting systemd (containers.py)
 
          <name>-cluster  192.168.56.10 ─┐
-         <name>-client   192.168.56.11 ─┼─ bridge in <name>-lan   (addresses from vagrant/lab.env)
-         <name>-upstream 192.168.56.12 ─┘
+         <name>-client   192.168.56.11 ─┤
+         <name>-upstream 192.168.56.12 ─┼─ bridge in <name>-lan   (addresses from vagrant/lab.env)
+         <name>-db       192.168.56.13 ─┤
+         <name>-cluster2 192.168.56.14 ─┘
 
-Each machine's eth1 is a veth to a bridge in a fourth namespace, as a Vagrant private network would be.
-vagrant/provision/{cluster,upstream,client}.sh run inside their namespace with WARDGATE_NO_SYSTEMD=1 (they
-start each unit's ExecStart line themselves) and with paths under .lab/<name>/, since every "machine" here
-shares one filesystem. Everything is removed on exit, failure or Ctrl-C: processes in the namespaces, the
-namespaces, /etc/netns/<ns>/ and the WireGuard sockets of this lab's interfaces. Needs root.
+Each machine's eth1 is a veth to a bridge in a sixth namespace, as a Vagrant private network would be.
+vagrant/provision/{db,cluster,upstream,client}.sh run inside their namespace with WARDGATE_NO_SYSTEMD=1 (they
+start each unit's ExecStart line, and PostgreSQL, themselves) and with paths under .lab/<name>/, since every
+"machine" here shares one filesystem; cluster2 runs cluster.sh with CLUSTER_ROLE=join. Everything is removed
+on exit, failure or Ctrl-C: processes in the namespaces, the namespaces, /etc/netns/<ns>/ and the WireGuard
+sockets of this lab's interfaces. Needs root.
 
 With --systemd the machines are containers booted in the same namespaces, and the scripts run as Vagrant runs
 them (VM paths, systemd units), installing Wardgate from the packages `make dist` leaves in dist/: the node's
@@ -42,7 +45,13 @@ from vagrant import containers  # run from the repository: python -m vagrant.lab
 
 REPO = Path(__file__).resolve().parent.parent
 VAGRANT = REPO / "vagrant"
-MACHINES = ("cluster", "upstream", "client")  # provisioning order: the cluster makes what the others wait for
+# provisioning order: each machine makes what the next ones wait for (the store, the first node's keys)
+MACHINES = ("db", "cluster", "cluster2", "upstream", "client")
+NODES = ("cluster", "cluster2")  # the cluster's two nodes; the client starts on the first
+# machine -> (its provisioning script, the settings Vagrant gives it besides WARDGATE_REPO)
+PROVISION: dict[str, tuple[str, dict[str, str]]] = {
+    machine: (f"{machine}.sh", {}) for machine in MACHINES if machine not in NODES
+} | {"cluster": ("cluster.sh", {"CLUSTER_ROLE": "init"}), "cluster2": ("cluster.sh", {"CLUSTER_ROLE": "join"})}
 NETNS_DIR = Path("/var/run/netns")
 NETNS_ETC = Path("/etc/netns")
 WIREGUARD_SOCKETS = Path("/var/run/wireguard")
@@ -85,8 +94,8 @@ class Lab:
     @property
     def interfaces(self) -> dict[str, str]:
         if self.systemd:  # each container has its own /run/wireguard: the VM's names
-            return {"cluster": "wardgate0", "client": "wardgate"}
-        return {"cluster": f"wg{self.tag}n", "client": f"wg{self.tag}c"}
+            return {"cluster": "wardgate0", "cluster2": "wardgate0", "client": "wardgate"}
+        return {"cluster": f"wg{self.tag}n", "cluster2": f"wg{self.tag}m", "client": f"wg{self.tag}c"}
 
     @property
     def repo(self) -> str:
@@ -98,17 +107,16 @@ class Lab:
         """The interpreter of workload.py on the client (its SDKs are the lab's tools, not the client's)."""
         return f"{containers.LAB_TOOLS_VENV}/bin/python" if self.systemd else "python"
 
-    @property
-    def access_log(self) -> Path:
+    def access_log(self, node: str = "cluster") -> Path:
         if self.systemd:
-            return self.state / "cluster" / "root" / "var" / "lib" / "wardgate" / "access.log"
-        return self.state / "cluster" / "home" / "access.log"
+            return self.state / node / "root" / "var" / "lib" / "wardgate" / "access.log"
+        return self.state / node / "home" / "access.log"
 
     def machine_env(self, machine: str) -> dict[str, str]:
         """What a provisioning script (and `shell`) gets instead of a VM's defaults (with --systemd: a VM's)."""
         if self.systemd:
             env = {"PATH": containers.GUEST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
-            if machine == "cluster":  # what provisioning put in /etc/profile.d for login shells
+            if machine in NODES:  # what provisioning put in /etc/profile.d for login shells
                 env["WARDGATE_CONFIG"] = "/var/lib/wardgate/wardgatectl.toml"
             return env
         root = self.state / machine
@@ -126,7 +134,7 @@ class Lab:
         }
         if machine in self.interfaces:
             env["WG_INTERFACE"] = self.interfaces[machine]
-        if machine == "cluster":
+        if machine in NODES:
             env["WARDGATE_CONFIG"] = str(root / "home" / "wardgatectl.toml")
         if machine == "client":
             env["XDG_CONFIG_HOME"] = str(root / "config")
@@ -191,7 +199,10 @@ def build(lab: Lab) -> None:
         shutil.copyfile("/etc/hosts", etc / "hosts")
         print(f"lab: {netns}: eth1 {address}")
     interfaces = lab.interfaces
-    print(f"lab: WireGuard interfaces {interfaces['cluster']} (cluster), {interfaces['client']} (client)")
+    print(
+        f"lab: WireGuard interfaces {interfaces['cluster']} (cluster), {interfaces['cluster2']} (cluster2),"
+        f" {interfaces['client']} (client)"
+    )
     if lab.systemd:
         for machine in MACHINES:
             root = lab.state / machine
@@ -203,11 +214,13 @@ def build(lab: Lab) -> None:
 
 def provision(lab: Lab) -> None:
     for machine in MACHINES:
-        script = f"{lab.repo}/vagrant/provision/{machine}.sh"
+        name, settings = PROVISION[machine]
+        script = f"{lab.repo}/vagrant/provision/{name}"
         # in a container, what Vagrant's shell provisioner does (root, WARDGATE_REPO=/vagrant), installing
         # Wardgate from its packages in dist/ as a user would
-        vagrant = ["env", f"WARDGATE_REPO={lab.repo}", "WARDGATE_INSTALL=package"] if lab.systemd else []
-        command = lab.command(machine, ["timeout", str(PROVISION_TIMEOUT), *vagrant, "bash", script])
+        vagrant = [f"WARDGATE_REPO={lab.repo}", "WARDGATE_INSTALL=package"] if lab.systemd else []
+        assignments = ["env", *vagrant, *_assignments(settings)]
+        command = lab.command(machine, ["timeout", str(PROVISION_TIMEOUT), *assignments, "bash", script])
         started = time.monotonic()
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO) as p:
             assert p.stdout is not None
@@ -215,16 +228,17 @@ def provision(lab: Lab) -> None:
                 print(f"  {line}", end="", flush=True)
             code = p.wait()
         if code == 124:
-            raise LabError(f"vagrant/provision/{machine}.sh did not finish within {PROVISION_TIMEOUT:.0f} s")
+            raise LabError(f"vagrant/provision/{name} did not finish within {PROVISION_TIMEOUT:.0f} s")
         if code != 0:
-            raise LabError(f"vagrant/provision/{machine}.sh exited {code} in {lab.netns(machine)}")
+            raise LabError(f"vagrant/provision/{name} exited {code} in {lab.netns(machine)}")
         print(f"lab: {machine} provisioned in {time.monotonic() - started:.1f} s", flush=True)
 
 
 def teardown(lab: Lab) -> list[str]:
     """Remove everything this lab made; returns what could not be removed (empty when all went)."""
     problems = []
-    for machine in ("client", "cluster", "upstream", "lan"):  # the client first: it says goodbye to the cluster
+    # the client first: it says goodbye to the cluster; the database after the nodes that use it
+    for machine in ("client", "cluster2", "cluster", "upstream", "db", "lan"):
         netns = lab.netns(machine)
         if not (NETNS_DIR / netns).exists():
             continue
@@ -290,12 +304,12 @@ def expect(condition: bool, message: str) -> None:
         raise LabError(message)
 
 
-def access_log(lab: Lab) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in lab.access_log.read_text().splitlines() if line.startswith("{")]
+def access_log(lab: Lab, node: str = "cluster") -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lab.access_log(node).read_text().splitlines() if line.startswith("{")]
 
 
-def sessions(lab: Lab, user: str, kind: str) -> list[str]:
-    out = lab.run("cluster", "wardgatectl", "get", "sessions", "-o", "json", check=True).stdout
+def sessions(lab: Lab, user: str, kind: str, node: str) -> list[str]:
+    out = lab.run(node, "wardgatectl", "get", "sessions", "-o", "json", check=True).stdout
     items = json.loads(out)["items"]
     return [s["metadata"]["name"] for s in items if s["spec"]["user"] == user and s["spec"]["type"] == kind]
 
@@ -309,8 +323,23 @@ def wait_until(condition: Callable[[], bool], within: float) -> bool:
     return condition()
 
 
+def kill_node(lab: Lab, machine: str) -> None:
+    """Every Wardgate process of a node dies at once (SIGKILL: no goodbye), as when its machine fails."""
+    if lab.systemd:
+        units = ("wardgate-cluster", "wardgate-agent")
+        lab.run(machine, "systemctl", "kill", "--signal=KILL", *units, check=True)
+        lab.run(machine, "systemctl", "stop", *units, check=True)  # no Restart=on-failure either
+        lab.run(machine, "ip", "link", "del", lab.interfaces[machine])  # a kernel device outlives its agent
+        return
+    for pid in _pids(lab.netns(machine)):
+        _signal(pid, signal.SIGKILL)
+    expect(wait_until(lambda: not _pids(lab.netns(machine)), 10), f"processes left in {lab.netns(machine)}")
+
+
 def scenario(lab: Lab) -> list[Step]:
-    domain = lab_env()["WARDGATE_DOMAIN"]
+    env = lab_env()
+    domain = env["WARDGATE_DOMAIN"]
+    live = {"node": "cluster"}  # the node the revocation steps use: the other one once the first is killed
 
     def client_based() -> str:
         answer = workload(lab, "private", "llm", "--message", "hello over wireguard")
@@ -349,13 +378,14 @@ def scenario(lab: Lab) -> list[Step]:
         return f"asked gpt-4o with max_tokens 100; got {answer['model']}, {answer['content']!r} (cut: length)"
 
     def revoke_client() -> str:
-        (session,) = sessions(lab, "alice", "CLIENT")
-        interface = lab.interfaces["cluster"]
-        peers = lab.run("cluster", "wg", "show", interface, "peers", check=True).stdout.split()
+        node = live["node"]
+        (session,) = sessions(lab, "alice", "CLIENT", node)
+        interface = lab.interfaces[node]
+        peers = lab.run(node, "wg", "show", interface, "peers", check=True).stdout.split()
         expect(len(peers) == 1, f"expected alice's one peer on {interface}, `wg show` lists {peers}")
-        lab.run("cluster", "wardgatectl", "delete", "session", session, check=True)
+        lab.run(node, "wardgatectl", "delete", "session", session, check=True)
         started = time.monotonic()
-        gone = wait_until(lambda: not lab.run("cluster", "wg", "show", interface, "peers").stdout.split(), 10)
+        gone = wait_until(lambda: not lab.run(node, "wg", "show", interface, "peers").stdout.split(), 10)
         expect(gone, f"alice's peer still on {interface} 10 s after her session was deleted")
         elapsed = time.monotonic() - started
         answer = workload(lab, "--timeout", "2", "private", "llm")
@@ -364,24 +394,56 @@ def scenario(lab: Lab) -> list[Step]:
         status = lab.run("client", "wardgate", "status")
         expect(ended and "revoked" in status.stdout, f"wardgate status after revocation: {status.stdout}")
         return (
-            f"session {session} deleted; her peer left `wg show {interface}` {elapsed * 1000:.0f} ms after"
-            " `wardgatectl delete` returned; her app gets no connection; `wardgate status` exits 3 (revoked)"
+            f"session {session} deleted on {node}; her peer left `wg show {interface}` {elapsed * 1000:.0f} ms"
+            " after `wardgatectl delete` returned; her app gets no connection; `wardgate status` exits 3 (revoked)"
         )
 
     def revoke_workload() -> str:
-        (session,) = sessions(lab, "ci-bot", "CLIENTLESS")
-        lab.run("cluster", "wardgatectl", "delete", "session", session, check=True)
+        (session,) = sessions(lab, "ci-bot", "CLIENTLESS", live["node"])
+        lab.run(live["node"], "wardgatectl", "delete", "session", session, check=True)
         answer = workload(lab, "public", "chat")
         expect(answer.get("status") == 401, f"expected 401 for the revoked token, got {answer}")
         return f"session {session} deleted; the same access token now gets 401 at once"
+
+    def node_dies() -> str:
+        status = lab.run("client", "wardgate", "status", check=True).stdout
+        expect(f"node lab-node at {env['CLUSTER_IP']}:51820" in status, f"alice is not on lab-node: {status}")
+        kill_node(lab, "cluster")
+        killed = time.monotonic()
+        live["node"] = "cluster2"
+        answer: dict[str, Any] = {}
+        while time.monotonic() - killed < 60 and answer.get("status") != 200:
+            answer = workload(lab, "--timeout", "2", "private", "llm", "--message", "after the kill")
+        tunnel = time.monotonic() - killed
+        expect(answer.get("content") == "echo: after the kill", f"no answer through the tunnel in 60 s: {answer}")
+        status = lab.run("client", "wardgate", "status").stdout
+        expect(
+            f"node lab-node2 at {env['CLUSTER2_IP']}:51820" in status and "moved from node lab-node" in status,
+            f"wardgate status after the failover: {status}",
+        )
+        entry = [e for e in access_log(lab, "cluster2") if e.get("service") == "llm"][-1]
+        expect(entry.get("user") == "alice" and entry.get("listener") == "tunnel", f"cluster2's log says {entry}")
+        started = time.monotonic()  # ci-bot keeps the token lab-node issued: lab-node2 knows it from the store
+        answer = workload(lab, "public", "chat", "--message", "after the kill")
+        public = time.monotonic() - started
+        expect(answer.get("content") == "echo: after the kill", f"client-less after the kill: {answer}")
+        served = [e for e in access_log(lab, "cluster2") if e.get("service") == "chat"]
+        expect(bool(served) and served[-1].get("status") == 200, f"cluster2 served no chat call: {served[-1:]}")
+        return (
+            f"every process of lab-node SIGKILLed; alice's app answered through the tunnel again after {tunnel:.1f} s"
+            f" (`wardgate status`: node lab-node2 at {env['CLUSTER2_IP']}:51820, moved from lab-node); ci-bot's"
+            f" chat call with its token from lab-node: {answer['url']} (both nodes' addresses) answered by lab-node2"
+            f" in {public:.1f} s"
+        )
 
     return [
         Step(f"client-based: alice's app calls http://llm.local.{domain} with no API key", client_based),
         Step(f"client-less: ci-bot, OAuth2 client credentials, https://chat.{domain}", client_less),
         Step("denied: a model the chat Service's policy does not allow", denied),
         Step("Lua plugin: safe-chat turns gpt-4o into gpt-4o-mini and caps max_tokens", lua),
-        Step("revocation: alice's CLIENT session deleted, her tunnel stops", revoke_client),
-        Step("revocation: ci-bot's CLIENTLESS session deleted, its token stops", revoke_workload),
+        Step("kill a node: lab-node dies; the client and a client-less workload go on through lab-node2", node_dies),
+        Step("revocation on lab-node2: alice's CLIENT session deleted, her tunnel stops", revoke_client),
+        Step("revocation on lab-node2: ci-bot's CLIENTLESS session deleted, its token stops", revoke_workload),
     ]
 
 
@@ -406,7 +468,8 @@ def dump_logs(lab: Lab) -> None:
     if lab.systemd:
         for machine in MACHINES:
             with suppress(Exception):  # a container that never booted has no journal to show
-                journal = lab.run(machine, "journalctl", "--no-pager", "-n", "40", "-u", "wardgate-*").stdout
+                units = ["-u", "wardgate-*", "-u", "postgresql*"]
+                journal = lab.run(machine, "journalctl", "--no-pager", "-n", "40", *units).stdout
                 print(f"----- {machine}: journalctl -u 'wardgate-*' (last 40 lines)\n{journal}")
         return
     for log in sorted(lab.state.glob("*/log/*.log")):
@@ -487,12 +550,12 @@ def cmd_up(lab: Lab) -> int:
     client, cluster = lab.netns("client"), lab.netns("cluster")
     named = "" if lab.name == "wardgate" else f" LAB_NAME={lab.name}"
     if lab.systemd:
-        where = f"  logs: journalctl -u 'wardgate-*' on each machine; access log: {lab.access_log}"
+        where = f"  logs: journalctl -u 'wardgate-*' on each machine; access log: {lab.access_log()}"
     else:
         status = f"{lab.venv}/bin/wardgate status"
         where = (
             f"  ip netns exec {client} env XDG_CONFIG_HOME={lab.state / 'client' / 'config'} {status}\n"
-            f"  logs: {lab.state}/<machine>/log/, access log: {lab.access_log}"
+            f"  logs: {lab.state}/<machine>/log/, access log: {lab.access_log()}"
         )
     print(
         f"""
@@ -555,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "down":
         return cmd_down(lab)
     if args.machine is None:
-        parser.error("shell: which machine? (cluster, client or upstream)")
+        parser.error(f"shell: which machine? ({', '.join(MACHINES)})")
     return cmd_shell(lab, args.machine, args.rest)
 
 

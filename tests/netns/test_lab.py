@@ -1,4 +1,4 @@
-"""`make lab`: the Vagrantfile's three machines as namespaces, provisioned by vagrant/provision/*.sh, the scenario
+"""`make lab`: the Vagrantfile's five machines as namespaces, provisioned by vagrant/provision/*.sh, the scenario
 run against them, and nothing left behind afterwards, also when the run is interrupted."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.netns
 
-STEPS = 6
+STEPS = 7
 
 
 def leftovers(name: str, tag: str) -> list[str]:
@@ -31,7 +31,9 @@ def leftovers(name: str, tag: str) -> list[str]:
 
 
 def _tag(output: str) -> str:
-    found = re.search(r"^lab: WireGuard interfaces wg(\w+)n \(cluster\), wg\1c \(client\)$", output, re.M)
+    found = re.search(
+        r"^lab: WireGuard interfaces wg(\w+)n \(cluster\), wg\1m \(cluster2\), wg\1c \(client\)$", output, re.M
+    )
     assert found is not None, output[-5000:]
     return found[1]
 
@@ -44,12 +46,20 @@ def test_make_lab_runs_the_scenario_on_the_provisioned_machines() -> None:
     )
     print(result.stdout[-6000:], f"\n`make lab` took {time.monotonic() - started:.1f} s")
     assert result.returncode == 0, result.stdout[-15000:] + result.stderr[-3000:]
-    for machine in ("cluster", "upstream", "client"):
+    for machine in ("cluster", "cluster2", "upstream", "client"):
         assert f"lab: {machine} provisioned in" in result.stdout
         # provisioned by the scripts, started the way a VM would start its units (here: their ExecStart lines)
         assert f"[{machine}] started wardgate-" in result.stdout
-    passes = re.findall(r"^\[(\d)/6\] PASS ", result.stdout, re.M)
+    assert "lab: db provisioned in" in result.stdout and "[db] started postgresql" in result.stdout
+    assert "[cluster] wardgate-cluster init --store postgresql://" in result.stdout
+    assert "[cluster2] wardgate-cluster join --store postgresql://" in result.stdout
+    passes = re.findall(rf"^\[(\d)/{STEPS}\] PASS ", result.stdout, re.M)
     assert passes == [str(n) for n in range(1, STEPS + 1)], result.stdout[-6000:]
+    # the client and the workload outlived the node the client used, and the lab said after how long
+    killed = re.search(
+        r"answered through the tunnel again after (\d+\.\d) s .* answered by lab-node2 in", result.stdout
+    )
+    assert killed is not None, result.stdout[-6000:]
     assert f"lab: {STEPS} of {STEPS} steps passed" in result.stdout and "lab: torn down" in result.stdout
     assert leftovers(name, _tag(result.stdout)) == []
 

@@ -15,10 +15,13 @@ else
   install_wardgate
 fi
 
-# Client-less access needs the cluster's public names; there is no DNS server for them in the lab.
+# Client-less access needs the cluster's public names; there is no DNS server for them in the lab. Each name
+# has both nodes' addresses, as DNS round robin gives (docs/deployment.md): glibc returns both (`multi on`),
+# and a client that tries each address in turn (Python's socket.create_connection, curl) reaches the node
+# that is up.
 names="$WARDGATE_DOMAIN"
 for service in chat safe-chat gemini my-api safe-gemini total-ai; do names="$names $service.$WARDGATE_DOMAIN"; done
-hosts_entry "$CLUSTER_IP $names"
+hosts_entry "$CLUSTER_IP $names" "$CLUSTER2_IP $names"
 
 say "waiting for the cluster machine's CA and credentials in $LAB_SHARE"
 wait_for "the cluster's credentials" 1800 test -s "$LAB_SHARE/alice.token" -a -s "$LAB_SHARE/ci-bot.oauth2"

@@ -1,4 +1,4 @@
-# Sourced by cluster.sh, client.sh and upstream.sh: settings, the install step, and start_service.
+# Sourced by db.sh, cluster.sh, client.sh and upstream.sh: settings, the install step, and start_service.
 #
 # Defaults are a Vagrant VM's. vagrant/lab.py runs the same scripts inside network namespaces on one host
 # and overrides the paths (every "machine" there shares one filesystem) and sets WARDGATE_NO_SYSTEMD=1:
@@ -156,11 +156,14 @@ wait_for() {
   done
 }
 
-# Names this machine must resolve without DNS: written into /etc/hosts in place (inside `ip netns exec` that
-# file is the namespace's own bind-mounted copy, so a rename would miss it).
+# hosts_entry LINE...: names this machine must resolve without DNS, replacing the lab's earlier lines; written
+# into /etc/hosts in place (inside `ip netns exec` that file is the namespace's own bind-mounted copy, so a
+# rename would miss it).
 hosts_entry() {
-  local line="$1 # wardgate-lab"
-  local current
+  local current line
   current=$(grep -v '# wardgate-lab$' /etc/hosts || true)
-  printf '%s\n%s\n' "$current" "$line" > /etc/hosts
+  {
+    printf '%s\n' "$current"
+    for line in "$@"; do printf '%s # wardgate-lab\n' "$line"; done
+  } > /etc/hosts
 }
