@@ -44,9 +44,9 @@ from wardgate.cluster.proxy.upstream_auth import OAuth2TokenCache, auth_header
 MAX_BUFFERED_RESPONSE = 32 * 1024 * 1024
 """The largest upstream response held in memory for plugins with a `response` hook (larger: 502)."""
 MAX_DRAINED = 64 * 1024
+"""A failed try's answer up to this size is read (and dropped) so that its connection is reused."""
 WHOLE_ANSWER_MAX = 256 * 1024
 """An answer with a Content-Length up to this is read whole and sent in one write (_answer_whole)."""
-"""A failed try's answer up to this size is read (and dropped) so that its connection is reused."""
 ATTEMPTS_HEADER = "x-wardgate-attempts"
 
 
@@ -408,21 +408,16 @@ async def _answer_whole(
     costs a TLS record and a send for the head, each chunk and the end)."""
     try:
         rest = await upstream.content.read()
+        data = first + rest if first else rest
+        if len(data) != upstream.content_length:  # closed early, and aiohttp did not raise: cut off as a relay would
+            raise aiohttp.ClientPayloadError("short answer")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        ex.record.error = f"upstream failed mid-stream: {type(exc).__name__}"
+        ex.record.bytes_out, ex.record.error = 0, f"upstream failed mid-stream: {type(exc).__name__}"
         if ex.request.transport is not None:
             ex.request.transport.abort()
         raise StreamBroken from exc
-    data = first + rest if first else rest
     if data:
         ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
-    if len(data) != upstream.content_length:
-        # The upstream closed early (aiohttp does not always raise): cut the client off as a relay would.
-        ex.record.bytes_out = 0
-        ex.record.error = "upstream failed mid-stream: ClientPayloadError"
-        if ex.request.transport is not None:
-            ex.request.transport.abort()
-        raise StreamBroken
     response.body = tap.feed(data) + tap.flush()
     ex.record.bytes_out = len(data)
     ex.record.usage, ex.record.finish_reasons = tap.usage(), tap.finish_reasons()
