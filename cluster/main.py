@@ -20,7 +20,6 @@ import ssl
 import subprocess
 import sys
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -41,9 +40,9 @@ from wardgate.cluster.api.user import ClientAccess
 from wardgate.cluster.authorize.holder import StateHolder
 from wardgate.cluster.authorize.offpath import AdminAccess, PolicyEvaluation
 from wardgate.cluster.bootstrap import init_home
-from wardgate.cluster.config import ClusterSettings, Home, base_url
+from wardgate.cluster.config import Home, base_url
 from wardgate.cluster.errors import WardgateError
-from wardgate.cluster.identity.addresses import AddressAllocator, TunnelIdentities, TunnelSettings
+from wardgate.cluster.identity.addresses import AddressAllocator
 from wardgate.cluster.identity.authenticate import Authenticator
 from wardgate.cluster.identity.janitor import expire_sessions
 from wardgate.cluster.identity.oidc import OidcClient
@@ -57,21 +56,21 @@ from wardgate.cluster.observability.otlp import Exporter
 from wardgate.cluster.policy import cel, rego
 from wardgate.cluster.proxy.assertion import AssertionSigner
 from wardgate.cluster.proxy.balancer import Balancer
-from wardgate.cluster.proxy.connections import ConnectionGuard, ConnectionLimits
+from wardgate.cluster.proxy.connections import ConnectionGuard
 from wardgate.cluster.proxy.listener import ListenerAppRunner, ListenerServer
 from wardgate.cluster.proxy.revocation import LiveConnections
 from wardgate.cluster.proxy.server import Gateway, Listener, Telemetry, bearer_or_cookie
-from wardgate.cluster.proxy.tunnel import TunnelListener, tunnel_gateway
 from wardgate.cluster.proxy.upstream import Upstream
-from wardgate.cluster.resources.session import Session
 from wardgate.cluster.store.cache import ResourceCache
 from wardgate.cluster.store.workers import NUDGE, BoardPropagation, WorkerBoard
-from wardgate.cluster.usage.counters import Counters, LocalCounters
-from wardgate.cluster.usage.ledger import InThread, Ledger, SQLiteLedger
-from wardgate.cluster.usage.ledger_writer import LedgerWriter
-from wardgate.cluster.usage.meter import Meter
-from wardgate.cluster.usage.pg_ledger import PostgresLedger
-from wardgate.cluster.usage.redis_counters import RedisCounters
+from wardgate.cluster.wiring import (
+    board_path,
+    metrics_path,
+    session_counts,
+    tunnel_listener,
+    usage_meter,
+    wireguard_metrics,
+)
 
 log = logging.getLogger("wardgate.cluster")
 
@@ -94,101 +93,9 @@ def server_ssl_context(home: Home) -> ssl.SSLContext:
     return context
 
 
-def _session_counts(cache: ResourceCache) -> dict[str, int]:
-    counts = {"CLIENT": 0, "CLIENTLESS": 0}
-    for session in cache.list_kind("Session"):
-        if isinstance(session, Session):
-            counts[session.spec.type.value] += 1
-    return counts
-
-
-def _tunnel_listener(
-    settings: TunnelSettings,
-    domain: str,
-    cache: ResourceCache,
-    state: StateHolder,
-    access_log: AccessLog,
-    upstream: Upstream,
-    node: str,
-    telemetry: Telemetry,
-    limits: ConnectionLimits,
-    live: LiveConnections,
-    meter: Meter,
-    mcp_sessions: SealedValues,
-) -> TunnelListener | None:
-    if not settings.enabled:
-        return None
-    network = settings.network(domain)
-    gateway = tunnel_gateway(
-        zone=network.dns_zone,
-        identities=TunnelIdentities(cache),
-        state=state,
-        upstream=upstream,
-        access_log=access_log,
-        node=node,
-        telemetry=telemetry,
-        live=live,
-        meter=meter,
-        mcp_sessions=mcp_sessions,
-    )
-    addresses = [network.gateway_ipv4, network.gateway_ipv6]
-    return TunnelListener(
-        gateway.handle,
-        settings.interface,
-        addresses,
-        settings.http_port,
-        limits=limits,
-        live=live,
-        malformed=gateway.malformed,
-    )
-
-
-def _wireguard_metrics(agents: AgentApi) -> dict[str, list[tuple[str, float | None, int, int]]]:
-    now = datetime.now(UTC)
-    return {
-        node: [
-            (
-                peer.session or peer.public_key,
-                (now - peer.last_handshake).total_seconds() if peer.last_handshake else None,
-                peer.rx_bytes,
-                peer.tx_bytes,
-            )
-            for peer in status.peers
-        ]
-        for node, status in agents.wireguard_status().items()
-    }
-
-
 def _host_port(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-async def usage_meter(home: Home, settings: ClusterSettings, metrics: Metrics) -> Meter:
-    """Quota counters (Redis when configured, else the node's shared counter file) and the usage ledger (in
-    the SQLite store's file; in the cluster's database, for every node, when the store is PostgreSQL)."""
-    usage = settings.usage
-    counters: Counters
-    if usage.redis is not None:
-        counters = RedisCounters(usage.redis, usage.redis_timeout)
-    else:
-        counters = LocalCounters(home.root / "run" / "counters")
-    ledger: Ledger
-    if settings.store.url is not None:
-        ledger = await PostgresLedger.open(settings.store.url)
-    else:
-        ledger = InThread(SQLiteLedger(home.path(settings.store.path)))
-    writer = LedgerWriter(ledger, retention=usage.retention_seconds, on_failure=metrics.ledger_failure)
-    return Meter(counters, writer)
-
-
-def board_path(home: Home) -> Path:
-    return home.root / "run" / "workers"
-
-
-def metrics_path(home: Home) -> Path:
-    """Where the workers of `run --workers N` keep their metric values (the primary's /metrics sums them)."""
-    return home.root / "run" / "metrics"
 
 
 async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, workers: int = 1) -> None:
@@ -214,8 +121,8 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         share_between_workers(shared_metrics)
     metrics = Metrics(
         endpoints=balancer.snapshot,
-        sessions=lambda: _session_counts(cache),
-        wireguard=lambda: _wireguard_metrics(wireguard_peers[0]) if wireguard_peers else {},
+        sessions=lambda: session_counts(cache),
+        wireguard=lambda: wireguard_metrics(wireguard_peers[0]) if wireguard_peers else {},
         node=node,
         shared=shared_metrics,
     )
@@ -361,7 +268,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         **limits.server_options(),
     )
     public_guard = ConnectionGuard(public_server, limits, name="public", cap=True, on_close=live.forget)
-    tunnel = _tunnel_listener(
+    tunnel = tunnel_listener(
         settings.tunnel,
         settings.domain,
         cache,
@@ -454,7 +361,14 @@ def _run(args: argparse.Namespace) -> int:
         WorkerBoard.create(board_path(home), args.workers).close()
         fresh_directory(metrics_path(home))
         command = [
-            sys.executable, "-m", "wardgate.cluster", "run", "--home", str(home.root), "--workers", str(args.workers)
+            sys.executable,
+            "-m",
+            "wardgate.cluster",
+            "run",
+            "--home",
+            str(home.root),
+            "--workers",
+            str(args.workers),
         ]
         children = [subprocess.Popen([*command, "--slot", str(slot)]) for slot in range(1, args.workers)]
     try:
