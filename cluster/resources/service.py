@@ -2,46 +2,24 @@
 
 from __future__ import annotations
 
-import itertools
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from wardgate.cluster.resources.mcp import McpServer as McpServer  # re-exported: proxy/mcp_servers.py
+from wardgate.cluster.resources.mcp import check_mcp_servers
 from wardgate.cluster.resources.meta import EmptyStatus, Model, Name, Resource
 from wardgate.cluster.resources.policy import Authorization, Condition
 from wardgate.cluster.resources.resilience import Balance, EndpointHealth, Fallbacks, Retry, check_fallbacks
-from wardgate.cluster.resources.types import Duration, HeaderName, HeaderValue, SecretRef
-
-
-def _check_upstream_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{value!r}: the scheme must be http or https")
-    if not parts.hostname:
-        raise ValueError(f"{value!r}: a host is required")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{value!r}: no query, fragment or user info in an upstream URL")
-    return value
+from wardgate.cluster.resources.types import Duration, HeaderName, HeaderValue, SecretRef, UpstreamUrl
 
 
 class Endpoint(Model):
     """One replica of an upstream; a `weight` of 2 gets twice the requests of a weight of 1."""
 
-    url: Annotated[str, AfterValidator(_check_upstream_url)]
+    url: UpstreamUrl
     weight: int = Field(default=1, ge=1, le=100)
-
-
-McpPrefix = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")]
-
-
-class McpServer(Model):
-    """One MCP server of an MCP Service that has several: its tools and prompts are listed and called with
-    `prefix` before their names (`gh_` + `search` = `gh_search`); `url` is its Streamable HTTP endpoint."""
-
-    name: Name
-    prefix: McpPrefix
-    url: Annotated[str, AfterValidator(_check_upstream_url)]
 
 
 class Upstream(Model):
@@ -50,7 +28,7 @@ class Upstream(Model):
     left out for a while after failing in a row (`health`); or, for an MCP Service, several `mcpServers`
     listed and called as one server."""
 
-    url: Annotated[str, AfterValidator(_check_upstream_url)] | None = None
+    url: UpstreamUrl | None = None
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=64)
     mcp_servers: list[McpServer] = Field(default_factory=list, max_length=16)
     balance: Balance = "roundRobin"
@@ -64,15 +42,7 @@ class Upstream(Model):
         dup = sorted({u for u in urls if urls.count(u) > 1})
         if dup:
             raise ValueError(f"endpoints must be unique, repeated: {', '.join(dup)}")
-        for field in ("name", "prefix"):
-            values = [getattr(m, field) for m in self.mcp_servers]
-            dup = sorted({v for v in values if values.count(v) > 1})
-            if dup:
-                raise ValueError(f"mcpServers: each {field} must be unique, repeated: {', '.join(dup)}")
-        prefixes = sorted(m.prefix for m in self.mcp_servers)
-        for a, b in itertools.pairwise(prefixes):
-            if b.startswith(a):
-                raise ValueError(f"mcpServers prefix {a!r} is a prefix of {b!r}: a name could belong to both")
+        check_mcp_servers(self.mcp_servers)
         return self
 
     def weighted_urls(self) -> list[tuple[str, int]]:

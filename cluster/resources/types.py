@@ -1,11 +1,13 @@
-"""Field types shared by several kinds: durations, header names and values, and references to Secrets."""
+"""Field types shared by several kinds and modules: durations, header names and values, upstream URLs, and
+references to Secrets."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from wardgate.cluster.resources.meta import Model, Name
 
@@ -48,6 +50,21 @@ def check_header_value(value: str) -> str:
 
 HeaderName = Annotated[str, BeforeValidator(check_header_name)]
 HeaderValue = Annotated[str, BeforeValidator(check_header_value)]
+
+
+def check_upstream_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r}: the scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"{value!r}: a host is required")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r}: no query, fragment or user info in an upstream URL")
+    return value
+
+
+UpstreamUrl = Annotated[str, AfterValidator(check_upstream_url)]
+"""An upstream's `http://` or `https://` URL: a Service's `url`, one of its `endpoints`, an MCP server."""
 
 
 class SecretRef(Model):
