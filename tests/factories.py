@@ -28,3 +28,36 @@ def make_secret(name: str = "key", value: str = "s3cr3t-value") -> Secret:
     return Secret.model_validate(
         {"kind": "Secret", "metadata": {"name": name}, "spec": {"data": {"value": value}}}
     )
+
+
+CLUSTER_MADE_DOCUMENTS: dict[str, dict[str, Any]] = {
+    "Credential": {
+        "kind": "Credential",
+        "metadata": {"name": "forged"},
+        "spec": {"type": "AUTH_TOKEN", "user": "alice"},
+    },
+    "Session": {
+        "kind": "Session",
+        "metadata": {"name": "forged"},
+        "spec": {"user": "alice", "type": "CLIENTLESS", "expiresAt": "2030-01-01T00:00:00Z"},
+    },
+    "OAuthClient": {
+        "kind": "OAuthClient",
+        "metadata": {"name": "forged"},
+        "spec": {"redirectUris": ["http://127.0.0.1:8765/callback"]},
+    },
+    "AuthorizationCode": {
+        "kind": "AuthorizationCode",
+        "metadata": {"name": "forged"},
+        "spec": {
+            "client": "forged",
+            "user": "alice",
+            "session": "forged",
+            "redirectUri": "http://127.0.0.1:8765/callback",
+            "codeChallenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            "resource": "https://docs-mcp.example.com/mcp",
+            "expiresAt": "2030-01-01T00:00:00Z",
+        },
+    },
+}
+"""A valid manifest of each kind only the cluster makes (api/apply.py CLUSTER_MADE): apply and PUT refuse them."""

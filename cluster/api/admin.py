@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from wardgate.cluster.api.admission import admit
-from wardgate.cluster.api.apply import MANAGED_BY_APPLY, plan_apply
+from wardgate.cluster.api.apply import CLUSTER_MADE, MANAGED_BY_APPLY, plan_apply
 from wardgate.cluster.api.bodies import json_body
 from wardgate.cluster.api.policy_eval import evaluate as evaluate_policy
 from wardgate.cluster.api.state import CHECK_EXPRESSION, POLICY_EVAL, PROPAGATION, STORE
@@ -74,8 +74,8 @@ async def put_resource(request: web.Request) -> web.Response:
         raise Invalid(str(exc), [str(p) for p in exc.problems]) from None
     if resource.metadata.name != name:
         raise Invalid(f"metadata.name {resource.metadata.name!r} does not match the URL ({name!r})")
-    if kind in ("Credential", "Session"):
-        raise Invalid(f"{kind} resources are made by the cluster, not written directly")
+    if kind in CLUSTER_MADE:
+        raise Invalid(f"{kind} resources are made by the cluster, not written directly: {CLUSTER_MADE[kind]}")
     warnings = _admit(request, [resource], _with(await _stored(request), [resource]))
     store = request.app[STORE]
     try:

@@ -13,6 +13,16 @@ from wardgate.cluster.store import Create, Delete, Op, Update
 
 MANAGED_BY_APPLY = "apply"
 
+CLUSTER_MADE = {
+    "Credential": "use `wardgatectl create credential` (it generates the token and shows it once)",
+    "Session": "logging in makes them",
+    "OAuthClient": "MCP clients register themselves at /oauth2/register (docs/mcp.md)",
+    "AuthorizationCode": "/oauth2/authorize mints them when a user signs in through an MCP client",
+}
+"""Kinds only the cluster writes, each with how they are made; neither apply nor PUT writes them. They carry
+generated secrets, or stand for one: a written AuthorizationCode would be a code its writer could redeem as
+any user."""
+
 
 class Action(StrEnum):
     CREATED = "created"
@@ -50,10 +60,8 @@ def plan_apply(
     for resource in declared:
         key = (resource.kind, resource.metadata.name)
         if resource.kind not in APPLYABLE_KINDS:
-            raise Invalid(
-                f"{resource.kind} cannot be applied: use `wardgatectl create credential` (credentials) "
-                "or log in (sessions)"
-            )
+            how = CLUSTER_MADE.get(resource.kind, "the cluster makes them")
+            raise Invalid(f"{resource.kind} cannot be applied: {how}")
         if key in seen:
             raise Invalid(f"{resource.kind.lower()}/{resource.metadata.name} is declared twice")
         seen.add(key)

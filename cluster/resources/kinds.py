@@ -53,7 +53,8 @@ KINDS: dict[str, type[AnyResource]] = {
 }
 
 APPLYABLE_KINDS = frozenset({"Service", "Policy", "User", "Group", "Secret", "IdentityProvider", "Quota", "Pricing"})
-"""Kinds `apply` accepts. Credentials and Sessions are made by the cluster (they carry generated secrets)."""
+"""Kinds `apply` accepts. Credentials, Sessions, OAuthClients and AuthorizationCodes are made by the cluster
+(api/apply.py CLUSTER_MADE says how); Nodes and AddressLeases by agents and the address allocator."""
 
 _ALIASES = {
     **{cls.plural: name for name, cls in KINDS.items()},
@@ -92,8 +93,11 @@ def from_document(doc: dict[str, Any]) -> AnyResource:
 
 
 def public_view(resource: AnyResource) -> dict[str, Any]:
-    """What `get` shows: no secret values, no token hashes."""
+    """What `get` shows: no secret values, no token or code hashes."""
     doc = to_document(resource)
     if isinstance(resource, Credential):
         doc.get("status", {}).pop("tokenSha256", None)
+    elif isinstance(resource, AuthorizationCode):
+        # The name is the code's hash (identity/oauth_clients.py code_name): shown cut short, as a token prefix.
+        doc["metadata"]["name"] = resource.metadata.name[: len("code-") + 8] + "…"
     return doc

@@ -15,6 +15,9 @@ from typing import Any
 import yaml
 
 from tests.conftest import REPO, RunningCluster
+from tests.factories import CLUSTER_MADE_DOCUMENTS
+from wardgate.cluster.api.apply import CLUSTER_MADE
+from wardgate.cluster.resources.kinds import KINDS
 
 
 def _http(cluster: RunningCluster, path: str, token: str | None = None) -> tuple[int, dict[str, str], Any]:
@@ -124,6 +127,34 @@ def test_credentials_show_no_hash(cluster: RunningCluster) -> None:
     assert cred["metadata"]["name"] == "root-admin"
     assert "tokenSha256" not in cred["status"]
     assert cluster.token not in json.dumps(out)
+
+
+def _put(cluster: RunningCluster, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(cluster.url + path, data=json.dumps(body).encode(), method="PUT")
+    request.add_header("Authorization", f"Bearer {cluster.token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, context=cluster.ssl_context(), timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_kinds_the_cluster_makes_are_neither_applied_nor_written(cluster: RunningCluster, tmp_path: Path) -> None:
+    for kind, document in CLUSTER_MADE_DOCUMENTS.items():
+        manifest = tmp_path / f"{kind}.yaml"
+        manifest.write_text(yaml.safe_dump(document))
+        applied = cluster.ctl("apply", "-f", str(manifest))
+        assert applied.returncode == 1
+        assert f"{kind} cannot be applied: {CLUSTER_MADE[kind]}" in applied.stderr and "(HTTP 422)" in applied.stderr
+        status, body = _put(cluster, f"/api/v1/{KINDS[kind].plural}/forged", document)
+        assert status == 422
+        assert body["error"] == {
+            "type": "invalid",
+            "message": f"{kind} resources are made by the cluster, not written directly: {CLUSTER_MADE[kind]}",
+        }
+        listed = json.loads(cluster.ctl("get", KINDS[kind].plural, "-o", "json", check=True).stdout)
+        assert "forged" not in [item["metadata"]["name"] for item in listed["items"]]
 
 
 def test_admin_api_requires_the_admin_credential(cluster: RunningCluster) -> None:

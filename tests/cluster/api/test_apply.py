@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from tests.factories import make_secret, make_service
-from wardgate.cluster.api.apply import Action, plan_apply
+from tests.factories import CLUSTER_MADE_DOCUMENTS, make_secret, make_service
+from wardgate.cluster.api.apply import CLUSTER_MADE, Action, plan_apply
 from wardgate.cluster.errors import Conflict, Invalid
+from wardgate.cluster.resources import parse_manifest
 from wardgate.cluster.resources.kinds import AnyResource
 from wardgate.cluster.store import Create, Delete, Update
 
@@ -79,5 +81,13 @@ def test_duplicates_and_cluster_made_kinds_are_invalid() -> None:
             "spec": {"user": "u", "type": "CLIENT", "expiresAt": "2030-01-01T00:00:00Z"},
         }
     )
-    with pytest.raises(Invalid, match="cannot be applied"):
+    with pytest.raises(Invalid, match="Session cannot be applied: logging in makes them"):
         plan_apply([session], {}, prune=False)
+
+
+@pytest.mark.parametrize("kind", sorted(CLUSTER_MADE))
+def test_each_cluster_made_kind_is_refused_with_how_it_is_made(kind: str) -> None:
+    (resource,) = parse_manifest(yaml.safe_dump(CLUSTER_MADE_DOCUMENTS[kind]), "m.yaml")
+    with pytest.raises(Invalid) as refused:
+        plan_apply([resource], {}, prune=False)
+    assert str(refused.value) == f"{kind} cannot be applied: {CLUSTER_MADE[kind]}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.factories import make_secret
+from wardgate.cluster.identity.oauth_clients import code_name, new_code
 from wardgate.cluster.resources import ManifestError, parse_manifest
 from wardgate.cluster.resources.credential import Secret
 from wardgate.cluster.resources.kinds import KINDS, from_document, plural_to_kind, public_view, to_document
@@ -119,6 +121,17 @@ def test_secret_values_never_serialise() -> None:
     assert stored["spec"]["data"] == {"value": "do-not-print-me"}
     back = from_document(stored)
     assert isinstance(back, Secret) and back.spec.reveal() == {"value": "do-not-print-me"}
+
+
+def test_an_authorization_codes_view_shows_only_a_prefix_of_its_hash() -> None:
+    code, record = new_code(
+        client="c", user="alice", session="s", redirect_uri="http://127.0.0.1:1/cb",
+        challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", resource="https://x.example/mcp", scope="",
+    )  # fmt: skip
+    view = public_view(record)
+    assert record.metadata.name == code_name(code)
+    assert view["metadata"]["name"] == code_name(code)[:13] + "…"
+    assert code_name(code)[13:] not in json.dumps(view) and code not in json.dumps(view)
 
 
 def test_models_are_frozen() -> None:
