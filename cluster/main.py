@@ -247,11 +247,12 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
     live = LiveConnections()
     live.follow(cache)
     assertions = AssertionSigner(tokens.key, base_url(settings))
+    upstreams = (Upstream(client, "https", assertions, balancer), Upstream(client, "http", assertions, balancer))
     gateway = Gateway(
         domain=settings.domain,
         listener=Listener("public", "https", True, bearer_or_cookie(authenticator), login.login_url),
         state=state,
-        upstream=Upstream(client, "https", assertions, balancer),
+        upstream=upstreams[0],
         access_log=access_log,
         site=site,
         node=node,
@@ -274,7 +275,7 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         cache,
         state,
         access_log,
-        Upstream(client, "http", assertions, balancer),
+        upstreams[1],
         node,
         telemetry,
         limits,
@@ -338,6 +339,8 @@ async def serve(home: Home, ready: asyncio.Event | None = None, slot: int = 0, w
         await admin_runner.cleanup()
         await site.aclose()
         await client.close()
+        for upstream in upstreams:
+            upstream.pool.close()
         await state.plugins.aclose()
         await meter.counters.close()
         if meter.ledger is not None:

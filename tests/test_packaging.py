@@ -26,7 +26,8 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "wardgate" / "__init__.py").read_text())[1]  # type: ignore[index]
 # What the issue names as node-only, beside whatever the `node` extra lists: none may reach a user's laptop.
 NODE_ONLY = {"regopy", "lupa", "grpcio", "xds-protos", "opentelemetry-proto", "asyncpg", "redis", "uvloop",
-             "cel-expr-python", "quicktok-v1", "prometheus-client", "dnspython", "pyjwt", "orjson"}  # fmt: skip
+             "cel-expr-python", "quicktok-v1", "prometheus-client", "dnspython", "pyjwt", "orjson",
+             "httptools"}  # fmt: skip
 
 
 def canonical(requirement: str) -> str:

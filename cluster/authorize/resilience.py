@@ -20,13 +20,18 @@ class Endpoint:
     netloc: str
     base_path: str
     weight: int
+    host: str = ""
+    port: int = 0
 
 
 def endpoints(config: ServiceConfig) -> tuple[Endpoint, ...]:
     out = []
     for url, weight in config.upstream.weighted_urls():
         parts = urlsplit(url)
-        out.append(Endpoint(url, parts.scheme, parts.netloc, parts.path.rstrip("/"), weight))
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        out.append(
+            Endpoint(url, parts.scheme, parts.netloc, parts.path.rstrip("/"), weight, parts.hostname or "", port)
+        )
     return tuple(out)
 
 

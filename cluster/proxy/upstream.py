@@ -1,7 +1,7 @@
 """The upstream call of an admitted request: forward, then relay chunk by chunk or buffer for plugins.
 
     outgoing request (headers cleaned, plugins applied) ─▶ secret injected (auth) ─▶ X-Forwarded-*, trace
-    ─▶ aiohttp client ─┬─ no response-body plugin ─▶ relay: status + headers (plugins' response_headers),
+    ─▶ http1.Pool ─────┬─ no response-body plugin ─▶ relay: status + headers (plugins' response_headers),
                        │                             then each chunk as it comes (SSE stays a stream); an
                        │                             answer of known length ≤ WHOLE_ANSWER_MAX: one write
                        └─ a plugin reads the body ─▶ buffer (≤ MAX_BUFFERED_RESPONSE), plugins, one answer
@@ -20,7 +20,6 @@ import time
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from wardgate.cluster.authorize.resilience import Endpoint
 from wardgate.cluster.authorize.state import GatewayState, Route
@@ -31,7 +30,7 @@ from wardgate.cluster.plugins.flow import HttpFlow
 from wardgate.cluster.plugins.flow import Request as FlowRequest
 from wardgate.cluster.plugins.flow import Response as FlowResponse
 from wardgate.cluster.plugins.manager import ChainRun
-from wardgate.cluster.proxy import assertion
+from wardgate.cluster.proxy import assertion, http1
 from wardgate.cluster.proxy.attempts import FIRST_TOKEN_TIMEOUT, AttemptFailed, Plan, hop_request, retry_after
 from wardgate.cluster.proxy.balancer import Balancer
 from wardgate.cluster.proxy.cors import cors_headers
@@ -110,9 +109,10 @@ class Upstream:
         assertions: assertion.AssertionSigner | None = None,
         balancer: Balancer | None = None,
     ) -> None:
-        self._client = client
         self.client = client
-        """The shared client session (also used by the MCP servers of multi-server Services)."""
+        """aiohttp's client session: upstream OAuth2 tokens and the MCP servers of multi-server Services. The
+        relay itself goes through `pool` (http1.py), which costs far less per request."""
+        self.pool = http1.Pool()
         self._scheme = scheme
         self._oauth2 = OAuth2TokenCache(client)
         self._assertions = assertions
@@ -207,11 +207,10 @@ class Upstream:
         when another try follows; without one, or when nothing follows, the failure goes to the client."""
         buffered = run is not None and run.wants_response_body
         span = await self._prepare(ex, state, route, endpoint, outgoing, buffered)
-        url = f"{endpoint.scheme}://{endpoint.netloc}{rewrite_path(route, outgoing.path, endpoint)}"
+        target = rewrite_path(route, outgoing.path, endpoint)
         if outgoing.query:
-            url += "?" + outgoing.query
+            target += "?" + outgoing.query
         timeouts = route.config.http.timeouts
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
         balanced = len(route.endpoints) > 1
         if balanced:
             self.balancer.started(endpoint)
@@ -224,14 +223,15 @@ class Upstream:
         try:
             async with (
                 window as deadline,
-                self._client.request(
+                self.pool.request(
                     outgoing.method,
-                    URL(url, encoded=True),
-                    headers=outgoing.headers,
-                    data=outgoing.body or None,
-                    allow_redirects=False,
-                    timeout=timeout,
-                    skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                    endpoint.scheme,
+                    endpoint.host,
+                    endpoint.port,
+                    target,
+                    outgoing.headers.items(),
+                    outgoing.body,
+                    http1.Timeouts(timeouts.connect, timeouts.read),
                 ) as upstream,
             ):
                 status = ex.record.upstream_status = upstream.status
@@ -249,7 +249,10 @@ class Upstream:
                     assert ex.flow is not None and run is not None
                     return await self._buffer(ex, route, upstream, started, ex.flow, run, first)
                 return await self._relay(ex, route, upstream, started, run, first)
-        except (AttemptFailed, TimeoutError, aiohttp.ClientError) as exc:
+        except http1.BadRequestHead as exc:
+            reason, healthy = "bad request head", True
+            raise UpstreamRefused(Refused.UPSTREAM_FAILED, f"the request cannot be sent upstream: {exc}") from exc
+        except (AttemptFailed, TimeoutError, http1.UpstreamError) as exc:
             failure = exc if isinstance(exc, AttemptFailed) else _classify(exc)
             reason, healthy = failure.reason, failure.healthy
             if plan is not None and failure.step is None:
@@ -282,7 +285,7 @@ class Upstream:
         self,
         ex: Exchange,
         route: Route,
-        upstream: aiohttp.ClientResponse,
+        upstream: http1.Reply,
         started: float,
         flow: HttpFlow,
         run: ChainRun,
@@ -293,7 +296,7 @@ class Upstream:
         if first:
             ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 if not data:
                     ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
                 data += chunk
@@ -302,7 +305,7 @@ class Upstream:
                         Refused.UPSTREAM_TOO_LARGE,
                         f"upstream response over {MAX_BUFFERED_RESPONSE} bytes, too large for response plugins",
                     )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (http1.UpstreamError, TimeoutError) as exc:
             raise UpstreamRefused(Refused.UPSTREAM_FAILED, f"upstream failed mid-body: {type(exc).__name__}") from exc
         tap = ex.tap = ResponseTap(upstream.headers.get("Content-Type", ""))
         tap.feed(bytes(data))
@@ -328,7 +331,7 @@ class Upstream:
         self,
         ex: Exchange,
         route: Route,
-        upstream: aiohttp.ClientResponse,
+        upstream: http1.Reply,
         started: float,
         run: ChainRun | None,
         first: bytes | None,
@@ -370,7 +373,7 @@ class Upstream:
                 out = tap.feed(first)
                 await response.write(await rewrite.feed(out) if rewrite is not None else out)
                 sent = len(first)
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 if sent == 0:
                     ex.record.upstream_first_byte_ms = round((time.perf_counter() - started) * 1000, 3)
                 out = tap.feed(chunk)  # the chunk; without the usage chunk the gateway asked for (ex.strip_usage)
@@ -384,7 +387,7 @@ class Upstream:
                 rest = await rewrite.feed(rest) + await rewrite.flush()
             if rest:
                 await response.write(rest)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (http1.UpstreamError, TimeoutError) as exc:
             ex.record.bytes_out = sent
             ex.record.error = f"upstream failed mid-stream: {type(exc).__name__}"
             if request.transport is not None:
@@ -398,7 +401,7 @@ class Upstream:
 
 async def _answer_whole(
     ex: Exchange,
-    upstream: aiohttp.ClientResponse,
+    upstream: http1.Reply,
     response: web.Response,
     tap: ResponseTap,
     started: float,
@@ -407,11 +410,11 @@ async def _answer_whole(
     """A small answer of known length is read whole and sent with its head in one write (a streamed relay
     costs a TLS record and a send for the head, each chunk and the end)."""
     try:
-        rest = await upstream.content.read()
+        rest = await upstream.read()
         data = first + rest if first else rest
-        if len(data) != upstream.content_length:  # closed early, and aiohttp did not raise: cut off as a relay would
-            raise aiohttp.ClientPayloadError("short answer")
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        if len(data) != upstream.content_length:  # never expected (llhttp counts), but cut off as a relay would
+            raise http1.ResponseBroken("short answer")
+    except (http1.UpstreamError, TimeoutError) as exc:
         ex.record.bytes_out, ex.record.error = 0, f"upstream failed mid-stream: {type(exc).__name__}"
         if ex.request.transport is not None:
             ex.request.transport.abort()
@@ -424,7 +427,7 @@ async def _answer_whole(
     return response
 
 
-async def _before_commit(upstream: aiohttp.ClientResponse, plan: Plan, started: float) -> bytes | None:
+async def _before_commit(upstream: http1.Reply, plan: Plan, started: float) -> bytes | None:
     """Before the client sees anything: a counted failure status raises AttemptFailed (with its step) when
     another try follows; otherwise the first byte of the answer is read here (within `firstTokenTimeout` for
     a stream), so that an upstream that dies or stays silent before it is one more failed try."""
@@ -440,28 +443,28 @@ async def _before_commit(upstream: aiohttp.ClientResponse, plan: Plan, started: 
     limit = plan.first_token_timeout()
     try:
         if limit is None:
-            return await upstream.content.readany()
-        return await asyncio.wait_for(upstream.content.readany(), max(0.001, limit - (time.perf_counter() - started)))
-    except aiohttp.ClientError as exc:
+            return await upstream.readany()
+        return await asyncio.wait_for(upstream.readany(), max(0.001, limit - (time.perf_counter() - started)))
+    except http1.UpstreamError as exc:
         raise _classify(exc) from exc
     except TimeoutError as exc:
         raise AttemptFailed(FIRST_TOKEN_TIMEOUT) from exc
 
 
-async def _drain(upstream: aiohttp.ClientResponse) -> None:
+async def _drain(upstream: http1.Reply) -> None:
     """Read a small failed answer so its connection goes back to the pool; a large one is closed instead."""
     length = upstream.content_length
     if length is None or length > MAX_DRAINED:
         upstream.close()
         return
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+    with contextlib.suppress(http1.UpstreamError, TimeoutError):
         async with asyncio.timeout(1.0):
             await upstream.read()
 
 
 def _classify(exc: BaseException) -> AttemptFailed:
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return AttemptFailed("connect")
+    if isinstance(exc, http1.UpstreamError):
+        return AttemptFailed(exc.kind)
     if isinstance(exc, TimeoutError):
         return AttemptFailed("timeout")
     return AttemptFailed("reset")
@@ -470,7 +473,7 @@ def _classify(exc: BaseException) -> AttemptFailed:
 def _refusal(exc: BaseException, failure: AttemptFailed) -> tuple[Refused, str]:
     if failure.kind == FIRST_TOKEN_TIMEOUT:
         return Refused.UPSTREAM_TIMEOUT, "upstream sent nothing within firstTokenTimeout"
-    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, TimeoutError) and not isinstance(exc, http1.UpstreamError):
         return Refused.UPSTREAM_TIMEOUT, "upstream timed out (retry.timeout reached)"
     if isinstance(exc, TimeoutError) or failure.kind == "timeout":
         return Refused.UPSTREAM_TIMEOUT, "upstream timed out"

@@ -567,12 +567,42 @@ async def test_a_reused_connection_closed_before_its_answer_is_retried_once(serv
 
     up = await serve(handle)
     await fetch(pool, up.port)
-    got = await fetch(pool, up.port, method="POST", body=b"payload")
+    got = await fetch(pool, up.port, method="PUT", body=b"payload")
     assert got.body == b"ok"
     assert up.accepts == 2
     assert [len(p.requests) for p in up.peers] == [2, 1]
     assert up.peers[0].requests[1] == up.peers[1].requests[0]  # the same request, body included
     assert up.peers[1].requests[0].endswith(b"\r\n\r\npayload")
+
+
+@pytest.mark.parametrize(
+    ("headers", "replayed"),
+    [((), False), ((("Idempotency-Key", "k1"),), True), ((("x-idempotency-key", "k1"),), True)],
+)
+async def test_a_post_is_replayed_on_a_stale_connection_only_with_an_idempotency_key(
+    serve: Serve, pool: http1.Pool, headers: tuple[tuple[str, str], ...], replayed: bool
+) -> None:
+    """The upstream may have acted on a POST it then dropped: without the caller's key it is not sent twice
+    (the gateway's retry policy decides, as with any reset), as Go's net/http and aiohttp decide."""
+
+    async def handle(peer: Peer) -> None:
+        await peer.request()
+        if peer.index == 0:
+            await peer.send(OK)
+            await peer.request()  # closed unanswered
+        else:
+            await peer.send(OK)
+
+    up = await serve(handle)
+    await fetch(pool, up.port)
+    if replayed:
+        assert (await fetch(pool, up.port, method="POST", headers=headers, body=b"payload")).body == b"ok"
+    else:
+        with pytest.raises(http1.ResponseBroken) as broken:
+            await fetch(pool, up.port, method="POST", headers=headers, body=b"payload")
+        assert broken.value.kind == "reset"
+    await asyncio.sleep(0.02)
+    assert up.accepts == (2 if replayed else 1)
 
 
 async def test_a_reused_connection_reset_before_its_answer_is_retried_once(serve: Serve, pool: http1.Pool) -> None:
