@@ -59,5 +59,15 @@ CLUSTER_MADE_DOCUMENTS: dict[str, dict[str, Any]] = {
             "expiresAt": "2030-01-01T00:00:00Z",
         },
     },
+    "Node": {
+        "kind": "Node",
+        "metadata": {"name": "forged"},
+        "spec": {"wgPublicKey": "mG3Rz5U5Qn0yQ2q0g3Yv7JqkVnqgYbq7H1m1r9fXh1M=", "listenPort": 51820},
+    },
+    "AddressLease": {
+        "kind": "AddressLease",
+        "metadata": {"name": "forged"},
+        "spec": {"address": "10.77.0.9", "session": "forged"},
+    },
 }
 """A valid manifest of each kind only the cluster makes (api/apply.py CLUSTER_MADE): apply and PUT refuse them."""

@@ -18,10 +18,12 @@ CLUSTER_MADE = {
     "Session": "logging in makes them",
     "OAuthClient": "MCP clients register themselves at /oauth2/register (docs/mcp.md)",
     "AuthorizationCode": "/oauth2/authorize mints them when a user signs in through an MCP client",
+    "Node": "each node registers itself through its agent (`wardgate-agent`)",
+    "AddressLease": "the cluster leases a tunnel address to a Session when its client connects",
 }
 """Kinds only the cluster writes, each with how they are made; neither apply nor PUT writes them. They carry
 generated secrets, or stand for one: a written AuthorizationCode would be a code its writer could redeem as
-any user."""
+any user, a written AddressLease would take a connected peer's tunnel address."""
 
 
 class Action(StrEnum):
