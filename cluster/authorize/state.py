@@ -26,7 +26,7 @@ from wardgate.cluster.policy.engine import (
     EvalInput,
     RuleSet,
     compile_authorization,
-    compile_condition,
+    compile_conditions,
     compile_policy,
     condition_reads_body,
     condition_uses_rego,
@@ -179,7 +179,9 @@ def _compile_service(
     }
     dynamic: list[tuple[CompiledCondition, str]] = []
     if spec.dynamic_config is not None:
-        dynamic = [(compile_condition(r.condition, compiler), r.config_name) for r in spec.dynamic_config.rules]
+        picks = spec.dynamic_config.rules
+        conditions = compile_conditions([r.condition for r in picks], compiler)
+        dynamic = [(condition, r.config_name) for condition, r in zip(conditions, picks, strict=True)]
     rules = compile_authorization("service", service.metadata.name, spec.authorization, named, compiler)
     dynamic_reads_body = spec.dynamic_config is not None and any(
         condition_reads_body(r.condition) for r in spec.dynamic_config.rules

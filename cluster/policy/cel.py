@@ -342,6 +342,12 @@ class Program:
     def __repr__(self) -> str:
         return f"Program({self.source!r})"
 
+    def reading(self, paths: Paths) -> Program:
+        """This expression, handed ``paths`` (a superset of its own): Programs given one tree share one
+        conversion per request, where each of their own would make one conversion (and engine activation)
+        apiece."""
+        return Program(self.source, self._expr, paths)
+
     def evaluate(self, activation: Activation) -> object:
         """The result as a plain Python value: bool, int, float, str, bytes, None, list, dict.
 

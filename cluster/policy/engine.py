@@ -2,7 +2,8 @@
 
 Build time (on a config change, never on a request):
 
-    compile_policy(ref, spec, cel) -> [CompiledRule]       one Policy or inline policy, sorted
+    compile_policy(ref, spec, cel) -> [CompiledRule]       one Policy or inline policy, sorted; its CEL
+                                                           expressions read one shared projection of ctx
     compile_authorization(kind, name, auth, named, cel)    one Service/User/Group -> RuleSet
 
 Request time (no I/O, no compiling, no awaiting; a Rego query runs on a worker thread
@@ -45,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import overload
 
-from wardgate.cluster.policy import cel, rego
+from wardgate.cluster.policy import cel, projection, rego
 from wardgate.cluster.policy.reasons import Reason
 from wardgate.cluster.resources.policy import Authorization, Condition, Effect, PolicySpec, Scope
 
@@ -59,6 +60,7 @@ __all__ = [
     "RuleSet",
     "compile_authorization",
     "compile_condition",
+    "compile_conditions",
     "compile_policy",
     "condition_reads_body",
     "condition_uses_rego",
@@ -182,18 +184,22 @@ def _not(condition: CompiledCondition) -> CompiledCondition:
     return negated
 
 
-def compile_condition(cond: Condition, cel_compiler: cel.Compiler) -> CompiledCondition:
-    """Compile a condition tree. Raises CelCompileError or RegoCompileError (admission should have)."""
+def compile_condition(
+    cond: Condition, cel_compiler: cel.Compiler, programs: Mapping[str, cel.Program] | None = None
+) -> CompiledCondition:
+    """Compile a condition tree (its CEL taken from ``programs`` where given: see compile_conditions). Raises
+    CelCompileError or RegoCompileError (admission should have)."""
     if cond.match is not None:
-        return _match(cel_compiler.compile(cond.match))
+        program = programs.get(cond.match) if programs is not None else None
+        return _match(program or cel_compiler.compile(cond.match))
     if cond.match_any is not None:
         return _match_any
     if cond.all is not None:
-        return _all(tuple(compile_condition(c, cel_compiler) for c in cond.all.of))
+        return _all(tuple(compile_condition(c, cel_compiler, programs) for c in cond.all.of))
     if cond.any is not None:
-        return _any(tuple(compile_condition(c, cel_compiler) for c in cond.any.of))
+        return _any(tuple(compile_condition(c, cel_compiler, programs) for c in cond.any.of))
     if cond.not_ is not None:
-        return _not(compile_condition(cond.not_, cel_compiler))
+        return _not(compile_condition(cond.not_, cel_compiler, programs))
     if cond.opa is not None:
         return _opa(rego.compile_rego(cond.opa.inline))
     raise AssertionError("Condition guarantees exactly one form")
@@ -217,6 +223,26 @@ class CompiledRule:
 def _order(rule: CompiledRule) -> tuple[int, int]:
     """The sort key: priority ascending, then DENY before ALLOW. Ties keep their order (stable)."""
     return rule.priority, 0 if rule.effect is Effect.DENY else 1
+
+
+def compile_conditions(conds: Sequence[Condition], cel_compiler: cel.Compiler) -> list[CompiledCondition]:
+    """Compile conditions that one request meets together (the rules of a policy, a Service's dynamic-config
+    rules): their CEL expressions read one projection of ctx, the union of what each reads, so a request
+    converts ctx and makes an engine activation once for the group, not once per expression."""
+    sources = list(dict.fromkeys(source for cond in conds for source in _cel_sources(cond)))
+    compiled = [cel_compiler.compile(source) for source in sources]
+    shared = projection.union(program.paths for program in compiled)
+    programs = {program.source: program.reading(shared) for program in compiled}
+    return [compile_condition(cond, cel_compiler, programs) for cond in conds]
+
+
+def _cel_sources(cond: Condition) -> Iterator[str]:
+    if cond.match is not None:
+        yield cond.match
+    for child in (cond.all.of if cond.all else []) + (cond.any.of if cond.any else []):
+        yield from _cel_sources(child)
+    if cond.not_ is not None:
+        yield from _cel_sources(cond.not_)
 
 
 def condition_reads_body(cond: Condition) -> bool:
@@ -243,11 +269,12 @@ def condition_uses_rego(cond: Condition) -> bool:
 
 def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler) -> list[CompiledRule]:
     """The rules of one policy, compiled and sorted (priority, DENY first, declaration order)."""
+    conditions = compile_conditions([rule.condition for rule in spec.rules], cel_compiler)
     rules = [
         CompiledRule(
             effect=rule.effect,
             priority=rule.priority,
-            condition=compile_condition(rule.condition, cel_compiler),
+            condition=conditions[i],
             ref=RuleRef(policy_ref, rule.name or f"rules[{i}]"),
             scope=rule.scope,
             reads_body=condition_reads_body(rule.condition),

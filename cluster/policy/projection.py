@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
-__all__ = ["ALL", "Paths", "add_path", "key", "project"]
+__all__ = ["ALL", "Paths", "add_path", "key", "project", "union"]
 
 Paths: TypeAlias = "dict[str, Paths | None] | None"
 """Field name -> the paths below it (None: that field whole); None at the top: all of ctx."""
@@ -36,6 +36,31 @@ def add_path(paths: dict[str, Paths | None], path: Iterable[str]) -> bool:
         node = child
     node[fields[-1]] = None
     return True
+
+
+def union(trees: Iterable[Paths]) -> Paths:
+    """One tree holding every path of ``trees`` (ALL when any of them is ALL)."""
+    out: dict[str, Paths | None] = {}
+    for tree in trees:
+        if tree is None:
+            return None
+        _merge(out, tree)
+    return out
+
+
+def _merge(into: dict[str, Paths | None], tree: dict[str, Paths | None]) -> None:
+    for name, child in tree.items():
+        if name not in into:
+            into[name] = None if child is None else _copy(child)
+        elif into[name] is not None:
+            if child is None:
+                into[name] = None
+            else:
+                _merge(into[name], child)  # type: ignore[arg-type]
+
+
+def _copy(tree: dict[str, Paths | None]) -> dict[str, Paths | None]:
+    return {name: None if child is None else _copy(child) for name, child in tree.items()}
 
 
 def key(paths: Paths) -> object:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from wardgate.cluster.policy import cel
+from wardgate.cluster.policy import cel, projection
 from wardgate.cluster.policy.engine import (
     CompiledRule,
     ConditionError,
@@ -604,3 +604,89 @@ def test_evaluation_does_not_change_the_ctx(compiler: cel.Compiler) -> None:
     for text in (SEED_CEL, SEED_REGO):
         evaluate(seed_rules(compiler, text), inp)
     assert ctx == before
+
+
+# one projection per policy
+
+
+SHARED = """
+rules:
+  - name: admins
+    effect: ALLOW
+    condition:
+      all:
+        of:
+          - match: 'ctx.user.spec.groups.hasAll("dev", "ops")'
+          - match: size(ctx.request.http.bodyMap.messages) < 4
+          - match: ctx.request.http.bodyMap.model in ["gpt-4o-mini", "gpt-4o"]
+          - not:
+              match: has(ctx.request.http.bodyMap.tools)
+  - name: by-path
+    effect: ALLOW
+    condition:
+      match: ctx.request.http.path.startsWith("/v1/models")
+"""
+
+
+def test_the_rules_of_a_policy_convert_ctx_once_per_request(compiler: cel.Compiler) -> None:
+    """Each expression reading its own projection made one conversion and engine activation apiece."""
+    ctx = make_ctx()
+    ctx["user"]["spec"]["groups"] = ["dev", "ops"]
+    ctx["request"]["http"]["bodyMap"] = {"model": "gpt-4o", "messages": [{"role": "user"}]}
+    inp = EvalInput(ctx)
+    assert evaluate(rules(SHARED, compiler), inp).rule == ref("admins")  # all four expressions ran
+    assert len(inp.activation._handles) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "rule"),
+    [
+        ({"model": "gpt-4o", "messages": [{}]}, "/v1/chat", "admins"),
+        ({"model": "gpt-4o", "messages": [{}], "tools": []}, "/v1/chat", None),  # has() sees the field
+        ({"model": "gpt-4o", "messages": [{}], "tools": []}, "/v1/models/x", "by-path"),
+        ({"model": "other", "messages": [{}]}, "/v1/chat", None),
+        ({"model": "gpt-4o", "messages": [{}, {}, {}, {}]}, "/v1/chat", None),
+    ],
+)
+def test_a_shared_projection_decides_as_the_full_ctx_does(
+    compiler: cel.Compiler, body: dict[str, Any], path: str, rule: str | None
+) -> None:
+    ctx = make_ctx()
+    ctx["user"]["spec"]["groups"] = ["dev", "ops"]
+    ctx["request"]["http"]["bodyMap"] = body
+    ctx["request"]["http"]["path"] = path
+    shared = evaluate(rules(SHARED, compiler), EvalInput(ctx))
+    whole = RuleSet(compile_condition_rule(rule_spec, compiler, i) for i, rule_spec in enumerate(policy(SHARED).rules))
+    alone = evaluate(whole, EvalInput(copy.deepcopy(ctx)))
+    assert shared == alone
+    assert shared.rule == (ref(rule) if rule else None)
+
+
+def compile_condition_rule(rule: Any, compiler: cel.Compiler, i: int) -> CompiledRule:
+    """A rule compiled on its own, each expression with its own projection (the way before sharing)."""
+    return CompiledRule(
+        effect=rule.effect,
+        priority=rule.priority,
+        condition=compile_condition(rule.condition, compiler),
+        ref=RuleRef("policy/test", rule.name or f"rules[{i}]"),
+        scope=rule.scope,
+        reads_body=True,
+        rego=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("trees", "union"),
+    [
+        ([{"a": None}, {"b": {"c": None}}], {"a": None, "b": {"c": None}}),
+        ([{"b": {"c": None}}, {"b": None}], {"b": None}),
+        ([{"b": None}, {"b": {"c": None}}], {"b": None}),
+        ([{"b": {"c": None}}, {"b": {"d": {"e": None}}}], {"b": {"c": None, "d": {"e": None}}}),
+        ([{"a": None}, None], None),
+        ([], {}),
+    ],
+)
+def test_projection_union(trees: list[Any], union: Any) -> None:
+    before = copy.deepcopy(trees)
+    assert projection.union(trees) == union
+    assert trees == before  # the programs' own trees are not changed
