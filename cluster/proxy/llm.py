@@ -33,11 +33,21 @@ def request_model(body_map: Mapping[str, Any], path: str = "") -> str | None:
     return found.group(1) if found else None
 
 
+_USAGE_OBJECT = re.compile(rb'"usage(?:Metadata)?"\s*:\s*\{')
+"""Where an event reports usage (what usage_of reads: `usage` or `usageMetadata`, an object). OpenAI streams
+with include_usage carry `"usage":null` in every chunk: those lines are never parsed."""
+
+
 def _sse_usage(data: bytes) -> Usage | None:
     found: Usage | None = None
-    for line in data.split(b"\n"):
-        line = line.strip()
-        if not line.startswith(b"data:") or b'"usage' not in line:
+    at = 0
+    while (hit := _USAGE_OBJECT.search(data, at)) is not None:
+        start = data.rfind(b"\n", 0, hit.start()) + 1
+        end = data.find(b"\n", hit.end())
+        end = len(data) if end < 0 else end
+        at = end + 1
+        line = data[start:end].strip()
+        if not line.startswith(b"data:"):
             continue
         try:
             found = merge(found, usage_of(orjson.loads(line[5:].strip())))
