@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from wardgate.cluster.plugins.builtin.lua_limits import LIMITS_LUA, STEP_LIMIT
 from wardgate.cluster.plugins.builtin.lua_prelude import PRELUDE
 from wardgate.cluster.plugins.flow import HttpFlow, Response
 from wardgate.cluster.resources.service import LuaPluginSpec
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LuaPlugin", "LuaRequestPlugin", "LuaResponsePlugin", "LuaScriptError", "check_script", "make_lua_plugin"]
 
@@ -354,8 +357,14 @@ class _LuaBase:
                     try:
                         out = runtime.step(args)
                     finally:
-                        if time.thread_time() - started > INLINE_BUDGET:
+                        spent = time.thread_time() - started
+                        if spent > INLINE_BUDGET:
                             self.inline = False
+                            log.warning(
+                                "lua plugin %s: a step took %.1f ms of CPU; its steps run on threads from now on",
+                                self.name,
+                                spent * 1000,
+                            )
                 else:
                     # Off the event loop: lupa releases the GIL while Lua runs, so a script running up to its
                     # time limit delays only its own request, never the node's other requests.
