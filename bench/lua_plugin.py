@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/lua_plugin.py [--calls 5000]
 
-The plugin runs as the gateway runs it (pooled runtime, count hook, JSON bridged to orjson, a fresh
+The plugin runs as the gateway runs it (pooled runtime, count hook, the Lua-side JSON codec, a fresh
 HttpFlow per call); the guardrail answers `{"allowed": true}` and the semantic cache misses, both
 without sockets, so the numbers are the script's and the sandbox's, not the network's.
 """
