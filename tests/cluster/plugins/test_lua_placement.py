@@ -7,6 +7,7 @@ INLINE_BUDGET moves it to threads for its life, after which no step of it can ho
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,3 +103,45 @@ async def test_one_long_step_moves_the_plugin_to_threads_for_good(executor: Coun
     assert flow.request.headers["x-ok"] == "yes"
     assert executor.submitted == 4
     assert not plugin.inline
+
+
+def _burn(seconds: float) -> None:
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+@pytest.mark.parametrize("in_gc", [True, False])
+async def test_a_garbage_collection_inside_a_step_does_not_count_as_the_steps_time(
+    executor: CountingExecutor, monkeypatch: pytest.MonkeyPatch, in_gc: bool
+) -> None:
+    """Python's collector may run inside any step (a full collection of a node's heap takes milliseconds):
+    that time is not the script's. The same time spent by the step itself does move the plugin."""
+    original = lua_module.FlowApi.set_header
+    slow_gc = [False]
+
+    def during_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and slow_gc[0]:
+            _burn(3 * lua_module.INLINE_BUDGET)
+
+    def set_header(self: Any, name: object, value: object) -> None:
+        if in_gc:
+            slow_gc[0] = True
+            try:
+                gc.collect()
+            finally:
+                slow_gc[0] = False
+        else:
+            _burn(3 * lua_module.INLINE_BUDGET)
+        original(self, name, value)
+
+    monkeypatch.setattr(lua_module.FlowApi, "set_header", set_header)
+    plugin = lua(SCRIPT)  # after the patch: the runtime binds the API's methods when it is made
+    gc.callbacks.append(during_gc)  # after the clock's own callback: the burn is inside the collection
+    try:
+        flow = make_flow(path="/fast")
+        await plugin.request(flow)
+    finally:
+        gc.callbacks.remove(during_gc)
+    assert flow.request.headers["x-ok"] == "yes"
+    assert plugin.inline is in_gc
