@@ -30,6 +30,8 @@ _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _SEPARATORS = ("%2F", "%5C", "%00", "\\")
 """Encoded `/` and `\\` (a segment boundary for some upstreams and not for others) and NUL: refused."""
+_NORMAL = re.compile(r"(?:/(?!\.\.?(?:/|$))[^/%\\]+)*/?")
+"""A path already in normal form (no escape, no empty, `.` or `..` segment, no `\\`): returned as it is."""
 
 
 def _decode_unreserved(match: re.Match[str]) -> str:
@@ -42,6 +44,14 @@ def normalize_path(raw_path: str) -> str | None:
     percent-encoded unreserved characters decoded (`%61` is `a`, `%2e` is `.`), other escapes kept with
     upper-case hex, runs of `/` merged, `.` and `..` segments resolved (never above the root). None when
     the path is not absolute or holds an encoded `/` or `\\`, a `\\` or an encoded NUL."""
+    if not raw_path.startswith("/"):
+        return None
+    if _NORMAL.fullmatch(raw_path):
+        return raw_path
+    return _normalize(raw_path)
+
+
+def _normalize(raw_path: str) -> str | None:
     if not raw_path.startswith("/"):
         return None
     decoded = _PERCENT.sub(_decode_unreserved, raw_path)
