@@ -18,6 +18,7 @@ import pytest
 from tests.cluster.plugins.helpers import lua, make_flow
 from wardgate.cluster.plugins.builtin import lua as lua_module
 from wardgate.cluster.plugins.builtin.lua import INLINE_MAX_BODY, LuaScriptError
+from wardgate.cluster.plugins.builtin.lua_api import FlowApi
 
 SCRIPT = """
 function onRequest(ctx)
@@ -117,7 +118,7 @@ async def test_a_garbage_collection_inside_a_step_does_not_count_as_the_steps_ti
 ) -> None:
     """Python's collector may run inside any step (a full collection of a node's heap takes milliseconds):
     that time is not the script's. The same time spent by the step itself does move the plugin."""
-    original = lua_module.FlowApi.set_header
+    original = FlowApi.set_header
     slow_gc = [False]
 
     def during_gc(phase: str, info: dict[str, int]) -> None:
@@ -135,7 +136,7 @@ async def test_a_garbage_collection_inside_a_step_does_not_count_as_the_steps_ti
             _burn(3 * lua_module.INLINE_BUDGET)
         original(self, name, value)
 
-    monkeypatch.setattr(lua_module.FlowApi, "set_header", set_header)
+    monkeypatch.setattr(FlowApi, "set_header", set_header)
     plugin = lua(SCRIPT)  # after the patch: the runtime binds the API's methods when it is made
     gc.callbacks.append(during_gc)  # after the clock's own callback: the burn is inside the collection
     try:
