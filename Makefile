@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 HOME_DIR ?= .wardgate
 DOMAIN ?= wardgate.localhost
 
-.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench bench-ha bench-tunnel bench-plumbing clean lab lab-systemd lab-up lab-down lab-shell \
+.PHONY: install apt-packages test-packages test lint typecheck imports unit run bench bench-ha bench-tunnel bench-plumbing bench-ladder clean lab lab-systemd lab-up lab-down lab-shell \
   wheels deb dist
 
 install: apt-packages $(STAMP)
@@ -110,6 +110,12 @@ bench-tunnel: install
 # `make bench-plumbing` (not part of `make test`): the HTTP listener and upstream client alternatives as bare
 # proxies, side by side with the direct path (docs/http-plumbing.md). PLUMBING_ARGS="--checks-only".
 PLUMBING_ARGS ?=
+# `make bench-ladder`: the CPU each pipeline stage adds per request, one worker, rounds interleaved (bench/README.md).
+LADDER_ARGS ?=
+bench-ladder: install
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(BIN)/python bench/ladder.py $(LADDER_ARGS)
+
 bench-plumbing: install
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/pip install -q --disable-pip-version-check granian==2.8.9 pyreqwest==0.15.1 httptools==0.9.0

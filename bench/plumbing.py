@@ -924,7 +924,14 @@ def run_checks(plain: list[Variant], tls: dict[str, Variant]) -> list[tuple[str,
 
 
 def _versions() -> str:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    def version(name: str) -> str:
+        try:
+            return installed(name)
+        except PackageNotFoundError:  # granian and pyreqwest are needed only by their own variants
+            return "(not installed)"
 
     names = ("aiohttp", "uvloop", "granian", "pyreqwest", "httptools", "cryptography")
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]

@@ -11,7 +11,10 @@ the direct path to the provider, measured with wrk from the client's namespace i
 
 The namespaces and the harness are tests/netns's (lab.py, test_client_access.py's Node and Client); their
 names are unique per run, and they, their processes and their /etc/netns files are removed whatever happens.
-Prints req/s at c=32 and p50 (+p50 against direct) at c=1 for each path.
+Prints req/s at c=32 and p50 (+p50 against direct) at c=1 for each path. Two more rows take the gateway
+out: a second provider in the node's namespace, reached from the client over the veth and over WireGuard.
+Their difference is what the tunnel's own hops (wireguard-go on both ends) add to an HTTP exchange, and the
+last line takes it out of the tunnel-against-public comparison.
 
     sudo .venv/bin/python bench/tunnel.py [--duration 10]
 """
@@ -56,6 +59,8 @@ from tests.netns.test_failover import tunnel_chat  # noqa: E402
 
 CLIENT_V, DIRECT_V, UP_V = 61, 62, 63  # veth subnets: node─client, up─client, node─up (172.31.<n>.1 is the first)
 PROVIDER_KEY = "sk-bench-tunnel-provider"
+NODE_PROVIDER_PORT = 8001
+WG_ONLY = ("provider on the node, over the veth", "provider on the node, over WireGuard")
 JSON = {"Content-Type": "application/json"}
 
 
@@ -99,6 +104,10 @@ def _start(node: Node, client: Client, up: str, root: Path) -> None:
         "provider", str(BIN / "python"), "-m", "tests.fakes.openai_provider", "--host", "0.0.0.0",
         "--port", "8000", "--api-key", PROVIDER_KEY, netns=up,
     )  # fmt: skip
+    node.start(
+        "provider-on-node", str(BIN / "python"), "-m", "tests.fakes.openai_provider", "--host", "0.0.0.0",
+        "--port", str(NODE_PROVIDER_PORT), "--api-key", PROVIDER_KEY,
+    )  # fmt: skip
     cluster = node.start("cluster", str(BIN / "wardgate-cluster"), "run", "--home", str(node.home))
     asyncio.run(_wait_port(node.netns, "127.0.0.1", 9443, cluster, node))
     asyncio.run(_wait_port(up, f"172.31.{UP_V}.2", 8000, provider, node))
@@ -139,12 +148,12 @@ def _print(results: dict[str, list[WrkResult]], duration: float) -> None:
         f"\nTunnel bench: JSON chat completion, wrk in the client namespace, {duration:.0f} s per run, "
         f"{_implementation()}, {os.cpu_count()} cores"
     )
-    print(f"{'target':30} {'c=32 req/s':>10} {'x direct':>9} {'c=1 p50 ms':>11} {'+p50 ms':>8} {'errors':>7}")
+    print(f"{'target':38} {'c=32 req/s':>10} {'x direct':>9} {'c=1 p50 ms':>11} {'+p50 ms':>8} {'errors':>7}")
     direct_c1, direct_c32 = results["direct"]
     for name, (c1, c32) in results.items():
         ratio = c32.requests_per_second / direct_c32.requests_per_second if direct_c32.requests_per_second else 0.0
         print(
-            f"{name:30} {c32.requests_per_second:10.0f} {ratio:9.2f} {c1.p50_ms:11.2f} "
+            f"{name:38} {c32.requests_per_second:10.0f} {ratio:9.2f} {c1.p50_ms:11.2f} "
             f"{c1.p50_ms - direct_c1.p50_ms:8.2f} {c1.errors + c32.errors:7d}"
         )
     (public_c1, public_c32), (tunnel_c1, tunnel_c32) = (
@@ -157,6 +166,13 @@ def _print(results: dict[str, list[WrkResult]], duration: float) -> None:
         f"tunnel against public: {added:+.2f} ms p50 at c=1, "
         f"{tunnel_c32.requests_per_second - public_c32.requests_per_second:+.0f} req/s at c=32: "
         f"the tunnel adds {verdict} the public path at c=1"
+    )
+    veth, wireguard = (results[name][0].p50_ms for name in WG_ONLY)
+    hops = wireguard - veth
+    verdict = "no more than" if added - hops <= 0 else "more than"
+    print(
+        f"WireGuard's own hops (the provider on the node, over WireGuard against over the veth): {hops:+.2f} ms p50 "
+        f"at c=1; without them the tunnel adds {added - hops:+.2f} ms against public: {verdict} the public path"
     )
 
 
@@ -190,10 +206,13 @@ def main() -> int:
                 raise RuntimeError("no 200 through the tunnel within 20 s")
             time.sleep(0.2)
         token = _credential(node, "alice-bench", "alice", "access-token")
+        key = f"Bearer {PROVIDER_KEY}"
         targets = {
-            "direct": (f"http://172.31.{DIRECT_V}.1:8000/v1/chat/completions", f"Bearer {PROVIDER_KEY}", None),
+            "direct": (f"http://172.31.{DIRECT_V}.1:8000/v1/chat/completions", key, None),
             "public (HTTPS)": (f"https://172.31.{CLIENT_V}.1/v1/chat/completions", f"Bearer {token}", f"llm.{DOMAIN}"),
             "tunnel (HTTP over WireGuard)": (f"http://llm.{ZONE}/v1/chat/completions", None, None),
+            WG_ONLY[0]: (f"http://{client.node_address}:{NODE_PROVIDER_PORT}/v1/chat/completions", key, None),
+            WG_ONLY[1]: (f"http://llm.{ZONE}:{NODE_PROVIDER_PORT}/v1/chat/completions", key, None),
         }
         results: dict[str, list[WrkResult]] = {}
         for name, (url, authorization, host) in targets.items():
