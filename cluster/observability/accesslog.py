@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import threading
+from io import FileIO
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
@@ -16,7 +17,8 @@ class AccessLog:
     """Append-only JSON-lines writer of access records (or, from the cluster's own endpoints, JSON-ready dicts)."""
 
     def __init__(self, path: Path | None, stdout: bool = False) -> None:
-        self._file: TextIO | None = path.open("a", buffering=1) if path is not None else None
+        # Unbuffered bytes: one write() per line, as line buffering did, without a text layer in between.
+        self._file: FileIO | None = path.open("ab", buffering=0) if path is not None else None
         self._stdout = stdout
         self._lock = threading.Lock()
 
@@ -25,12 +27,14 @@ class AccessLog:
             values = entry.as_dict()
         else:
             values = {k: v for k, v in entry.items() if v is not None}
-        line = orjson.dumps(values).decode() + "\n"
+        line = orjson.dumps(values, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
             if self._file is not None:
-                self._file.write(line)
+                view = memoryview(line)
+                while view:
+                    view = view[self._file.write(view) or 0 :]
             if self._stdout:
-                sys.stdout.write(line)
+                sys.stdout.write(line.decode())
                 sys.stdout.flush()
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ HEAD_BYTES = 8 * 1024
 TEXT_LIMIT = 1024 * 1024
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([a-z_]{1,40})"')
 JSON_CAPTURE_LIMIT = 2 * 1024 * 1024
+_UNREAD = object()
 _GEMINI_MODEL = re.compile(r"/models/([^/:]{1,200}):(?:generateContent|streamGenerateContent)$")
 
 
@@ -73,7 +74,7 @@ def _usage_only_event(event: bytes) -> bool:
 class ResponseTap:
     """Watches relayed bytes: a bounded JSON copy, or the head and tail of an SSE stream and its text."""
 
-    __slots__ = ("_buffer", "_head", "_mode", "_pending", "_strip", "_text")
+    __slots__ = ("_buffer", "_head", "_mode", "_parsed", "_pending", "_reported", "_strip", "_text")
 
     def __init__(self, content_type: str, strip_usage: bool = False) -> None:
         if "text/event-stream" in content_type:
@@ -87,9 +88,14 @@ class ResponseTap:
         self._text = bytearray()
         self._pending = bytearray()
         self._strip = strip_usage and self._mode == "sse"
+        self._parsed: object = _UNREAD
+        """The JSON answer, parsed once for usage and finish reasons (None: not JSON)."""
+        self._reported: object = _UNREAD
+        """reported(), kept until the next chunk: the access record and the settlement both read it."""
 
     def feed(self, chunk: bytes) -> bytes:
         """Take in a relayed chunk; returns what the client gets (the chunk, unless a usage chunk is stripped)."""
+        self._parsed = self._reported = _UNREAD
         if self._mode == "sse":
             if len(self._head) < HEAD_BYTES:
                 self._head += chunk[: HEAD_BYTES - len(self._head)]
@@ -138,10 +144,7 @@ class ResponseTap:
     def finish_reasons(self) -> list[str] | None:
         """`finish_reason` of each choice (JSON), or every non-null one seen in the stream's tail (SSE)."""
         if self._mode == "json":
-            try:
-                value = orjson.loads(bytes(self._buffer))
-            except orjson.JSONDecodeError:
-                return None
+            value = self._json()
             choices = value.get("choices") if isinstance(value, dict) else None
             found = [c.get("finish_reason") for c in choices or () if isinstance(c, dict)]
         elif self._mode == "sse":
@@ -151,16 +154,22 @@ class ResponseTap:
         reasons = [r for r in found if isinstance(r, str)]
         return reasons or None
 
+    def _json(self) -> object:
+        if self._parsed is _UNREAD:
+            try:
+                self._parsed = orjson.loads(self._buffer)
+            except orjson.JSONDecodeError:
+                self._parsed = None
+        return self._parsed
+
     def reported(self) -> Usage | None:
         """The usage the provider reported, in any format; None when it reported none (yet)."""
-        if self._mode == "sse":
-            return merge(_sse_usage(bytes(self._head)), _sse_usage(bytes(self._buffer)))
-        if self._mode == "json":
-            try:
-                return usage_of(orjson.loads(bytes(self._buffer)))
-            except orjson.JSONDecodeError:
-                return None
-        return None
+        if self._reported is _UNREAD:
+            if self._mode == "sse":
+                self._reported = merge(_sse_usage(bytes(self._head)), _sse_usage(bytes(self._buffer)))
+            else:
+                self._reported = usage_of(self._json()) if self._mode == "json" else None
+        return self._reported  # type: ignore[return-value]
 
     def usage(self) -> dict[str, Any] | None:
         found = self.reported()

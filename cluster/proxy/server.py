@@ -225,12 +225,14 @@ class Gateway:
     async def _read_body(request: web.BaseRequest, limit: int) -> bytes | None:
         if request.content_length is not None and request.content_length > limit:
             return None
-        body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > limit:
+        chunks: list[bytes] = []
+        size, content = 0, request.content
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > limit:
                 return None
-        return bytes(body)
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _handle(self, ex: Exchange) -> web.StreamResponse:
         request, record = ex.request, ex.record
