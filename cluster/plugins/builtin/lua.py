@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import gc
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +35,7 @@ from multidict import CIMultiDict
 from wardgate.cluster.plugins.builtin.lua_api import LOAD, REQUEST, RESPONSE, FlowApi, LuaScriptError
 from wardgate.cluster.plugins.builtin.lua_http import HttpPolicyError, LuaHttp
 from wardgate.cluster.plugins.builtin.lua_json import JSON_LUA
-from wardgate.cluster.plugins.builtin.lua_limits import LIMITS_LUA, STEP_LIMIT
+from wardgate.cluster.plugins.builtin.lua_limits import GC_CLOCK, LIMITS_LUA, STEP_LIMIT
 from wardgate.cluster.plugins.builtin.lua_prelude import PRELUDE
 from wardgate.cluster.plugins.flow import HttpFlow, Response
 from wardgate.cluster.resources.service import LuaPluginSpec
@@ -91,7 +89,9 @@ class _Runtime(FlowApi):
         prelude = self.lua.execute(PRELUDE, self._api())
         # Look the driver functions up once, by bytes key (the runtime has no string encoding).
         self.compile, self.freeze, self.entry = (prelude[k] for k in (b"compile", b"freeze", b"entry"))
-        self.start, self.resume, self.stop = (prelude[k] for k in (b"start", b"step", b"stop"))
+        self._run, self.resume, self._stop = (prelude[k] for k in (b"run", b"step", b"stop"))
+        self._first: tuple[Any, bool] | None = None
+        self._open = False  # Lua holds a call's coroutine (it lets go itself when the call ends)
         self.collect = prelude[b"collect"]
         compiled = self.compile(spec.inline.encode(), name.encode())
         if isinstance(compiled, tuple):
@@ -217,11 +217,25 @@ class _Runtime(FlowApi):
 
     # -- driving a call ---------------------------------------------------------------------------------
 
+    def start(self, fn: Any, with_ctx: bool) -> None:
+        """The call's coroutine is made by its first step (one crossing into Lua, not two)."""
+        self._first, self._open = (fn, with_ctx), True
+
+    def stop(self) -> None:
+        self._first = None
+        if self._open:
+            self._open = False
+            self._stop()
+
     def step(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         self._fit(sum(len(a) for a in args if type(a) is bytes) + 64 * len(args))
         self.resume_clock()
         try:
-            result = self.resume(*args)
+            if self._first is not None:
+                (fn, with_ctx), self._first = self._first, None
+                result = self._run(fn, with_ctx)
+            else:
+                result = self.resume(*args)
         except lupa.LuaMemoryError as exc:
             raise LuaScriptError(f"memory limit ({self.spec.max_memory} bytes) exceeded") from exc
         except lupa.LuaError as exc:
@@ -229,6 +243,7 @@ class _Runtime(FlowApi):
         finally:
             self.pause_clock()
         out = result if isinstance(result, tuple) else (result,)
+        self._open = out[0] == b"http"
         if out[0] == b"error":
             if self.bound is not None:
                 raise LuaScriptError(self.bound)
@@ -318,28 +333,6 @@ the full pipeline's throughput). The first step over it moves the plugin to thre
 can hold up the loop once, for at most its timeLimit, and only with a body under INLINE_MAX_BODY."""
 
 
-class _GcClock:
-    """CPU seconds each thread has spent in Python's garbage collector (gc.callbacks), so that a step's own
-    time can be told from a collection that ran inside it."""
-
-    def __init__(self) -> None:
-        self._spent: dict[int, float] = {}
-        self._began: dict[int, float] = {}
-        gc.callbacks.append(self._callback)
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        me = threading.get_ident()
-        if phase == "start":
-            self._began[me] = time.thread_time()
-        elif me in self._began:
-            self._spent[me] = self._spent.get(me, 0.0) + time.thread_time() - self._began.pop(me)
-
-    def seconds(self) -> float:
-        return self._spent.get(threading.get_ident(), 0.0)
-
-
-_GC = _GcClock()
-
 INLINE_MAX_BODY = 64 * 1024
 """Bodies larger than this always go to a thread: a script's work usually grows with the body it reads."""
 
@@ -381,11 +374,11 @@ class _LuaBase:
                     # that Python's garbage collector happened to interrupt (a full collection of the node's heap
                     # takes milliseconds; counted, it sent plugins to threads at random, a third of the
                     # full pipeline's throughput gone for good).
-                    started, collected = time.thread_time(), _GC.seconds()
+                    started, collected = time.thread_time(), GC_CLOCK.seconds()
                     try:
                         out = runtime.step(args)
                     finally:
-                        spent = time.thread_time() - started - (_GC.seconds() - collected)
+                        spent = time.thread_time() - started - (GC_CLOCK.seconds() - collected)
                         if spent > INLINE_BUDGET:
                             self.inline = False
                             log.warning(

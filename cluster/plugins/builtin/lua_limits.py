@@ -17,9 +17,15 @@ Three kinds of C call can run long on their own, and each gets its own guard her
 Everything else in the library is linear in the size of its operands, which `maxMemory` bounds; the
 count hook runs more often as the heap grows (lua_prelude), which covers those and the big-operand
 VM instructions (`..`, `==`, `<` on strings of megabytes).
+
+On the Python side, GcClock tells a step's own CPU time from the collector's (the inline budget, lua.py).
 """
 
 from __future__ import annotations
+
+import gc
+import threading
+import time
 
 STEP_LIMIT = 4_000_000
 """Most matcher steps a single pattern call may need in the worst case (about 20-40 ms of C)."""
@@ -230,3 +236,26 @@ return {find = find, match = match, gmatch = gmatch, gsub = gsub, rep = rep, mov
         sized = sized, sized_concat = sized_concat,
         contains = function(s, sub) return find(s, sub, 1, true) ~= nil end}
 """
+
+
+class GcClock:
+    """CPU seconds each thread has spent in Python's garbage collector (gc.callbacks), so that a step's own
+    time can be told from a collection that ran inside it."""
+
+    def __init__(self) -> None:
+        self._spent: dict[int, float] = {}
+        self._began: dict[int, float] = {}
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        me = threading.get_ident()
+        if phase == "start":
+            self._began[me] = time.thread_time()
+        elif me in self._began:
+            self._spent[me] = self._spent.get(me, 0.0) + time.thread_time() - self._began.pop(me)
+
+    def seconds(self) -> float:
+        return self._spent.get(threading.get_ident(), 0.0)
+
+
+GC_CLOCK = GcClock()

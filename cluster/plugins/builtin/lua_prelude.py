@@ -309,23 +309,26 @@ local function finish(co, ok, ...)
   return "error", "the script yielded outside an API call"
 end
 
--- One call at a time per runtime: the running coroutine stays here (lupa cannot hand threads out).
-local first_step = false
+-- One call at a time per runtime: the running coroutine stays here (lupa cannot hand threads out) while it
+-- waits for an HTTP answer; a call that ended lets go of it at once. Every crossing from Python costs (the
+-- GIL, lupa's conversions, cold caches in a busy gateway), so a call that makes no HTTP request is one
+-- crossing: `run` starts it and takes its first step.
 
-function R.start(fn, with_ctx)
+local function over(kind, ...)
+  if kind ~= "http" then current_co, current_ctx = nil, nil end
+  return kind, ...
+end
+
+function R.run(fn, with_ctx)
   exhausted, every, work = false, HOOK_EVERY, 0
   current_co = cocreate(fn)
   sethook(current_co, hook, "", HOOK_EVERY)
   current_ctx = with_ctx and new_ctx() or nil
-  first_step = true
+  return over(finish(current_co, coresume(current_co, current_ctx)))
 end
 
 function R.step(...)
-  if first_step then
-    first_step = false
-    return finish(current_co, coresume(current_co, current_ctx))
-  end
-  return finish(current_co, coresume(current_co, ...))
+  return over(finish(current_co, coresume(current_co, ...)))
 end
 
 function R.stop()
