@@ -361,6 +361,7 @@ evalue = function(v, buf, n, depth)
       if high == nil or k > high then high = k end
     else
       ints = false
+      if mark == 0 then break end -- an object: its keys are walked once, by eobject
     end
   end
   if count == 0 then
