@@ -92,6 +92,8 @@ class Exchange:
     sealed session id in place of the upstream's)."""
     more_lines: list[dict[str, Any]] = field(default_factory=list)
     """Fields of further access-log lines, each the record plus these (an MCP batch: one per call)."""
+    traced: bool = True
+    """An exporter sends this exchange's spans; without one, `span` builds none."""
 
     @property
     def route(self) -> Route:
@@ -112,8 +114,10 @@ class Exchange:
         attributes: dict[str, Any],
         kind: SpanKind = SpanKind.INTERNAL,
         span_id: bytes | None = None,
-    ) -> SpanRecord:
-        """A child of the server span from `started` (perf_counter) to now."""
+    ) -> None:
+        """A child of the server span from `started` (perf_counter) to now (kept only when `traced`)."""
+        if not self.traced:
+            return
         record = SpanRecord(
             name,
             span_id or os.urandom(8),
@@ -124,7 +128,6 @@ class Exchange:
             attributes,
         )
         self.spans.append(record)
-        return record
 
     def _ns(self, at: float) -> int:
         return self.started_ns + int((at - self.started) * 1e9)

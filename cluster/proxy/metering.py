@@ -61,7 +61,7 @@ async def gate(ex: Exchange, body: Mapping[str, Any]) -> web.Response | None:
         record.model = request_model(body, ex.request.path)
     started = time.perf_counter()
     verdict = await metering.reserve(body, record.upstream_model or record.model, record)
-    if record.quota is not None:
+    if record.quota is not None and ex.traced:
         q = record.quota
         attributes: dict[str, Any] = {"wardgate.quota": q.name, "wardgate.quota.outcome": q.outcome}
         if q.window:

@@ -151,7 +151,7 @@ class Gateway:
         record = AccessRecord(
             self._listener.name, request.method, request.path, host[:MAX_HOST_LENGTH], request.remote, self._node
         )
-        ex = Exchange(request, host, record, trace)
+        ex = Exchange(request, host, record, trace, traced=telemetry is not None and telemetry.exporter.enabled)
         record.request_id, record.trace_id = ex.request_id, trace.trace_id.hex()
         status = 500
         try:
@@ -316,6 +316,8 @@ class Gateway:
     def _authorize_span(ex: Exchange, started: float) -> None:
         decision = ex.record.decision
         assert decision is not None
+        if not ex.traced:
+            return
         ex.span("authorize", started, {f"wardgate.decision.{k}": v for k, v in decision.as_dict().items()})
 
     async def _proceed(self, ex: Exchange, admission: Admission, facts: RequestFacts) -> web.StreamResponse:
