@@ -72,6 +72,10 @@ class ResourceCache:
             except Compacted:
                 log.warning("change feed compacted past revision %d; reloading", self.revision)
                 await self.load()
+            except Exception:
+                # The node goes on serving from what it has; a store fault never takes the process down.
+                log.exception("change feed failed after revision %d; following again in 1 s", self.revision)
+                await asyncio.sleep(1)
 
     async def wait_for(self, revision: int) -> None:
         """Return once the cache has applied `revision` (callers bound the wait with asyncio.timeout)."""

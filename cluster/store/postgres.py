@@ -41,7 +41,19 @@ KEEP_EVENTS = 10_000
 POLL_INTERVAL = 0.5
 """Seconds between reads when no notification comes (a lost listener connection is noticed by then)."""
 _BATCH = 1000
-_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""What a lost or restarting database raises (InternalClientError: a pooled connection that a query cut off by
+the outage left mid-operation; `pooled` terminates it)."""
+
+
+async def pooled(pool: asyncpg.Pool, fn: Callable[[Connection], Awaitable[T]]) -> T:
+    """`fn` on a connection of the pool; one that asyncpg finds mid-operation is terminated, never reused."""
+    async with pool.acquire() as conn:
+        try:
+            return await fn(conn)
+        except asyncpg.InternalClientError:
+            conn.terminate()
+            raise
 
 
 def describe(dsn: str) -> str:
@@ -78,12 +90,12 @@ class PostgresStore:
             pool = await asyncpg.create_pool(
                 dsn, min_size=0, max_size=pool_size, timeout=connect_timeout, command_timeout=30
             )
-        except _DOWN as exc:
+        except DOWN as exc:
             raise Unavailable(f"the PostgreSQL store at {describe(dsn)} is unreachable: {exc}") from exc
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
-        except _DOWN as exc:
+        except DOWN as exc:
             await pool.close()
             raise Unavailable(f"the PostgreSQL store at {describe(dsn)} is unreachable: {exc}") from exc
         except BaseException:
@@ -93,9 +105,8 @@ class PostgresStore:
 
     async def _run(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         try:
-            async with self._pool.acquire() as conn:
-                return await fn(conn)
-        except _DOWN as exc:
+            return await pooled(self._pool, fn)
+        except DOWN as exc:
             raise Unavailable(f"the PostgreSQL store at {self.where} is unavailable: {_reason(exc)}") from exc
 
     def _decode(self, kind: str, name: str, sealed: bool, body: bytes) -> AnyResource:
@@ -232,11 +243,11 @@ class PostgresStore:
             self._listener = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=5)
-            except _DOWN as exc:
+            except DOWN as exc:
                 raise Unavailable(f"cannot listen on {self.where}: {_reason(exc)}") from exc
             try:
                 await conn.add_listener(CHANNEL, self._notified)
-            except _DOWN as exc:
+            except DOWN as exc:
                 await conn.close(timeout=1)
                 raise Unavailable(f"cannot listen on {self.where}: {_reason(exc)}") from exc
             conn.add_termination_listener(self._lost)
@@ -310,12 +321,12 @@ class PostgresStore:
     async def close(self) -> None:
         async with self._listener_lock:
             if self._listener is not None:
-                with contextlib.suppress(*_DOWN):
+                with contextlib.suppress(*DOWN):
                     await self._listener.close(timeout=2)
                 self._listener = None
         try:
             await asyncio.wait_for(self._pool.close(), 5)
-        except (*_DOWN, TimeoutError):
+        except (*DOWN, TimeoutError):
             self._pool.terminate()
 
 

@@ -20,12 +20,11 @@ from typing import Any, TypeVar
 import asyncpg
 
 from wardgate.cluster.errors import Invalid, Unavailable
-from wardgate.cluster.store.postgres import describe, is_postgres_url
+from wardgate.cluster.store.postgres import DOWN, describe, is_postgres_url, pooled
 from wardgate.cluster.usage.ledger import BY, HistoryRow, Ledger, LedgerRow, distinct_keys, history_rows, summarise
 
 T = TypeVar("T")
 
-_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _COLUMN = {"user": '"user"', "group": "groups"}
 """`by` -> column, where they differ (`user` is a reserved word in PostgreSQL)."""
 
@@ -81,9 +80,8 @@ class PostgresLedger:
 
     async def _run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         try:
-            async with self._pool.acquire() as conn:
-                return await fn(conn)
-        except _DOWN as exc:
+            return await pooled(self._pool, fn)
+        except DOWN as exc:
             raise Unavailable(f"the usage ledger at {self.where} is unavailable: {exc or type(exc).__name__}") from exc
 
     async def write(self, batch: uuid.UUID, rows: Sequence[LedgerRow]) -> None:
@@ -136,7 +134,7 @@ class PostgresLedger:
     async def close(self) -> None:
         try:
             await self._pool.close()
-        except _DOWN:
+        except DOWN:
             self._pool.terminate()
 
 

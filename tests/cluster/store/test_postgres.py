@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -185,3 +186,24 @@ async def _retry(write: Callable[[], Awaitable[object]]) -> None:
                 return
             except Unavailable:
                 await asyncio.sleep(0.05)
+
+
+async def test_a_connection_left_mid_operation_is_unavailable_and_never_reused(dsn: str) -> None:
+    # After an outage cut a query off, asyncpg's protocol refused the next operation on that pooled connection
+    # ("cannot switch to state 15; another operation (2) is in progress", InternalClientError), and the change
+    # feed's task died with it, taking the node down (seen in CI). The store answers Unavailable for it (the
+    # feed retries) and terminates the connection, so the pool's next caller gets a working one.
+    store = await PostgresStore.open(dsn, Sealer(KEY), pool_size=1)
+    seen: list[asyncpg.Connection] = []
+
+    async def cut_off(conn: Any) -> None:
+        seen.append(conn._con)  # the pool's proxy hides the connection once released
+        raise asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+
+    try:
+        with pytest.raises(Unavailable, match="another operation"):
+            await store._run(cut_off)
+        assert seen[0].is_closed()
+        assert await store.revision() >= 0  # the pool's one connection is a new, working one
+    finally:
+        await store.close()

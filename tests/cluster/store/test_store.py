@@ -17,7 +17,8 @@ from tests.factories import make_secret, make_service, make_user
 from tests.postgres_server import PostgresServer
 from wardgate.cluster.errors import Conflict, NotFound, Unavailable
 from wardgate.cluster.resources.credential import Secret
-from wardgate.cluster.store import Compacted, Create, Delete, EventType, Store, create, delete, update
+from wardgate.cluster.store import Compacted, Create, Delete, Event, EventType, Store, create, delete, update
+from wardgate.cluster.store.cache import ResourceCache
 from wardgate.cluster.store.memory import MemoryStore
 from wardgate.cluster.store.postgres import PostgresStore
 from wardgate.cluster.store.sealing import Sealer
@@ -282,3 +283,34 @@ async def test_crash_mid_commit_leaves_nothing_half_applied(tmp_path: Path) -> N
     assert (await create(store, make_service("after"))).metadata.resource_version == "2"
     await store.close()
     assert os.path.exists(path)
+
+
+class _FlakyFeed(MemoryStore):
+    """A store whose change feed fails once with an error no store is meant to raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def watch(self, after: int) -> AsyncIterator[Event]:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a driver fault")
+        async for event in super().watch(after):
+            yield event
+
+
+async def test_the_cache_keeps_following_after_an_unexpected_feed_error() -> None:
+    # A store fault (asyncpg's protocol state error, seen in CI) once ended the follower task, and with it the
+    # node's task group: the whole node went down. The follower logs it and follows again.
+    store = _FlakyFeed()
+    cache = ResourceCache(store)
+    await cache.load()
+    follower = asyncio.get_running_loop().create_task(cache.follow())
+    try:
+        await store.commit([Create(make_user("after-the-fault"))])
+        async with asyncio.timeout(5):
+            await cache.wait_for(await store.revision())
+        assert store.failed and not follower.done()
+    finally:
+        follower.cancel()
