@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from io import FileIO
+from io import BufferedWriter
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ class AccessLog:
     """Append-only JSON-lines writer of access records (or, from the cluster's own endpoints, JSON-ready dicts)."""
 
     def __init__(self, path: Path | None, stdout: bool = False) -> None:
-        # Unbuffered bytes: one write() per line, as line buffering did, without a text layer in between.
-        self._file: FileIO | None = path.open("ab", buffering=0) if path is not None else None
+        # Bytes, flushed per line (one write() each, as line buffering did), without a text layer in between.
+        self._file: BufferedWriter | None = path.open("ab") if path is not None else None
         self._stdout = stdout
         self._lock = threading.Lock()
 
@@ -30,9 +30,8 @@ class AccessLog:
         line = orjson.dumps(values, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
             if self._file is not None:
-                view = memoryview(line)
-                while view:
-                    view = view[self._file.write(view) or 0 :]
+                self._file.write(line)
+                self._file.flush()
             if self._stdout:
                 sys.stdout.write(line.decode())
                 sys.stdout.flush()
