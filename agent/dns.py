@@ -136,21 +136,40 @@ class DnsServer:
         self._interface = interface
         self._port = port
         self._poll = poll_interval
-        self.zone: Zone | None = None
+        self._zone: Zone | None = None
+        self._wake = asyncio.Event()
         self._transports: list[asyncio.DatagramTransport] = []
         self._bound: tuple[int, str, str] | None = None
         self._reported: str | None = None
 
+    @property
+    def zone(self) -> Zone | None:
+        return self._zone
+
+    @zone.setter
+    def zone(self, zone: Zone | None) -> None:
+        self._zone = zone
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Look at the interface and the zone now, not at the next poll (a new zone, a recreated interface):
+        a restarted agent answers as soon as it knows its zone, not up to a poll interval later."""
+        self._wake.set()
+
     async def run(self) -> None:
         try:
             while True:
+                self._wake.clear()
                 index = _interface_index(self._interface)
-                wanted = (index, self.zone.ipv4, self.zone.ipv6) if index is not None and self.zone else None
+                zone = self._zone
+                wanted = (index, zone.ipv4, zone.ipv6) if index is not None and zone else None
                 if wanted != self._bound:
                     self._close()
                     if wanted is not None:
                         await self._open(wanted)
-                await asyncio.sleep(self._poll)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll):
+                        await self._wake.wait()
         finally:
             self._close()
 

@@ -86,6 +86,7 @@ class Agent:
         except BaseException:
             await device.close()
             raise
+        self._dns.nudge()  # the DNS listener rebinds to the new interface now, not at its next poll
         log.info("WireGuard interface %s is up (gateway %s)", iface, self.network.gateway_ipv4)
         return device
 

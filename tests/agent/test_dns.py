@@ -1,6 +1,11 @@
-"""agent.dns.answer: one query in, one reply out (pure), as a table."""
+"""agent.dns.answer: one query in, one reply out (pure), as a table; DnsServer binds as soon as it has a zone."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
 
 import dns.flags
 import dns.message
@@ -9,7 +14,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from wardgate.agent.dns import Zone, answer
+from wardgate.agent.dns import DnsServer, Zone, answer
 
 ZONE = Zone(name="local.example.com", services=frozenset({"llm", "my-api"}), ipv4="100.64.0.1", ipv6="fd77::1")
 
@@ -59,3 +64,40 @@ def test_other_opcodes_are_not_implemented() -> None:
     reply = answer(query.to_wire(), ZONE)
     assert reply is not None
     assert dns.message.from_wire(reply).rcode() == dns.rcode.NOTIMP
+
+
+def _udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_server_answers_as_soon_as_it_has_a_zone() -> None:
+    """A restarted agent learns its zone from its first PeerSet: DNS must answer at once, not at the next
+    poll (the poll here is 60 s, so only the wake-up can make it answer within the deadline)."""
+    port = _udp_port()
+    server = DnsServer("lo", port, poll_interval=60)
+    task = asyncio.get_running_loop().create_task(server.run())
+    query = dns.message.make_query("llm.local.example.com", "A").to_wire()
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.sleep(0.05)  # run() has looked once, found no zone, and waits
+        started = time.monotonic()
+        server.zone = Zone(name="local.example.com", services=frozenset({"llm"}), ipv4="127.0.0.1", ipv6="::1")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            while True:
+                assert time.monotonic() - started < 5, "no DNS answer after the zone was set"
+                sock.sendto(query, ("127.0.0.1", port))
+                try:
+                    async with asyncio.timeout(0.1):
+                        reply = dns.message.from_wire(await loop.sock_recv(sock, 4096))
+                    break
+                except (TimeoutError, ConnectionRefusedError):
+                    continue
+        assert [rr.address for rr in reply.answer[0]] == ["127.0.0.1"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
