@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from wardgate.cluster.authorize.resilience import Endpoint, RetryPolicy, endpoints, fallback_order, retry_policy
 from wardgate.cluster.plugins.manager import PluginChain
 from wardgate.cluster.plugins.registry import PluginBuilder
-from wardgate.cluster.policy import cel
+from wardgate.cluster.policy import cel, projection
 from wardgate.cluster.policy.context import resource_doc
 from wardgate.cluster.policy.engine import (
     CompiledCondition,
@@ -177,12 +177,15 @@ def _compile_service(
         else route
         for name, route in routes.items()
     }
+    rules = compile_authorization("service", service.metadata.name, spec.authorization, named, compiler)
     dynamic: list[tuple[CompiledCondition, str]] = []
     if spec.dynamic_config is not None:
         picks = spec.dynamic_config.rules
-        conditions = compile_conditions([r.condition for r in picks], compiler)
+        # The dynamic rules run first on every request and the Service's policies right after: one conversion
+        # of ctx for both (the policies' paths ride along; cel.Activation finds them covered).
+        reads = projection.union(rule.cel_reads for rule in rules)
+        conditions = compile_conditions([r.condition for r in picks], compiler, also=[reads])
         dynamic = [(condition, r.config_name) for condition, r in zip(conditions, picks, strict=True)]
-    rules = compile_authorization("service", service.metadata.name, spec.authorization, named, compiler)
     dynamic_reads_body = spec.dynamic_config is not None and any(
         condition_reads_body(r.condition) for r in spec.dynamic_config.rules
     )

@@ -274,6 +274,21 @@ def _engine_activation(ctx: Mapping[str, object]) -> object:
     return handle
 
 
+_COVERS: dict[tuple[object, object], bool] = {}
+_COVERS_MAX: Final = 4096
+
+
+def _covers(outer_key: object, outer: Paths, inner_key: object, inner: Paths) -> bool:
+    """projection.covers, remembered per pair of keys (a handful of projections meet on every request)."""
+    pair = (outer_key, inner_key)
+    known = _COVERS.get(pair)
+    if known is None:
+        if len(_COVERS) >= _COVERS_MAX:
+            _COVERS.clear()
+        known = _COVERS[pair] = projection.covers(outer, inner)
+    return known
+
+
 class Activation:
     """One request's variables, converted to CEL values once and shared by every Program.
 
@@ -284,7 +299,9 @@ class Activation:
 
     Construction is free. A Program is handed only the parts of ``ctx`` its expression
     names (see projection.py): ``ctx.request.http.bodyMap.model == "x"`` converts one
-    string, not the body. The first evaluation of each such set of parts converts them
+    string, not the body. A set of parts that one already converted covers is read from that
+    conversion (a Service's dynamic-config rules convert what its policies read too, so the
+    policies convert nothing more). Otherwise the first evaluation of each set of parts converts them
     (about 0.35 µs per JSON value: ~20 µs for a 1 KiB chat body, ~360 µs for 300
     messages, ~30 ms for a 1 MiB one) and later Programs that read the same parts
     reuse it. Do not mutate ``ctx`` while the Activation is in use. If ``ctx`` is
@@ -301,18 +318,24 @@ class Activation:
     One request, one task: the lazy conversion is not locked.
     """
 
-    __slots__ = ("_ctx", "_errors", "_handles")
+    __slots__ = ("_ctx", "_errors", "_handles", "_made")
 
     def __init__(self, ctx: Mapping[str, object]) -> None:
         self._ctx = ctx
         self._handles: dict[object, object] = {}
         self._errors: dict[object, CelEvalError] = {}
+        self._made: list[tuple[Paths, object, object]] = []
+        """(paths, key, handle) of each conversion made: a later set of paths that one covers reuses it."""
 
     def _engine_handle(self, paths: Paths = projection.ALL, key: object = None) -> object:
         """The engine's activation holding the ``paths`` of ctx (``key`` is projection.key(paths))."""
         handle = self._handles.get(key)
         if handle is not None:
             return handle
+        for made_paths, made_key, made in self._made:
+            if _covers(made_key, made_paths, key, paths):
+                self._handles[key] = made
+                return made
         error = self._errors.get(key)
         if error is None:
             ctx = self._ctx.get("ctx") if isinstance(self._ctx, Mapping) else None
@@ -321,6 +344,7 @@ class Activation:
                 variables = {**self._ctx, "ctx": projection.project(ctx, paths)}
             try:
                 handle = self._handles[key] = _engine_activation(variables)
+                self._made.append((paths, key, handle))
                 return handle
             except CelEvalError as exc:
                 error = self._errors[key] = exc

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import overload
 
 from wardgate.cluster.policy import cel, projection, rego
@@ -218,6 +218,9 @@ class CompiledRule:
     """The condition's source names the body (`bodyMap`, `body`): the request body must be parsed for it."""
     rego: bool = False
     """The condition has a Rego part: its evaluation can take long enough to keep off the event loop."""
+    cel_reads: projection.Paths = field(default_factory=dict)
+    """The ctx paths its policy's CEL expressions read together ({} without CEL): a Service's dynamic-config
+    rules convert these too, so that its policies find them converted (cel.Activation)."""
 
 
 def _order(rule: CompiledRule) -> tuple[int, int]:
@@ -225,15 +228,26 @@ def _order(rule: CompiledRule) -> tuple[int, int]:
     return rule.priority, 0 if rule.effect is Effect.DENY else 1
 
 
-def compile_conditions(conds: Sequence[Condition], cel_compiler: cel.Compiler) -> list[CompiledCondition]:
+def compile_conditions(
+    conds: Sequence[Condition], cel_compiler: cel.Compiler, also: Iterable[projection.Paths] = ()
+) -> list[CompiledCondition]:
     """Compile conditions that one request meets together (the rules of a policy, a Service's dynamic-config
-    rules): their CEL expressions read one projection of ctx, the union of what each reads, so a request
-    converts ctx and makes an engine activation once for the group, not once per expression."""
+    rules): their CEL expressions read one projection of ctx, the union of what each reads and of ``also``,
+    so a request converts ctx and makes an engine activation once for the group, not once per expression
+    (and once for the groups whose paths ``also`` names: cel.Activation reuses a covering conversion)."""
+    return _compile_group(conds, cel_compiler, also)[0]
+
+
+def _compile_group(
+    conds: Sequence[Condition], cel_compiler: cel.Compiler, also: Iterable[projection.Paths] = ()
+) -> tuple[list[CompiledCondition], projection.Paths]:
     sources = list(dict.fromkeys(source for cond in conds for source in _cel_sources(cond)))
     compiled = [cel_compiler.compile(source) for source in sources]
-    shared = projection.union(program.paths for program in compiled)
+    if not compiled:
+        return [compile_condition(cond, cel_compiler) for cond in conds], {}
+    shared = projection.union([*(program.paths for program in compiled), *also])
     programs = {program.source: program.reading(shared) for program in compiled}
-    return [compile_condition(cond, cel_compiler, programs) for cond in conds]
+    return [compile_condition(cond, cel_compiler, programs) for cond in conds], shared
 
 
 def _cel_sources(cond: Condition) -> Iterator[str]:
@@ -269,7 +283,7 @@ def condition_uses_rego(cond: Condition) -> bool:
 
 def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler) -> list[CompiledRule]:
     """The rules of one policy, compiled and sorted (priority, DENY first, declaration order)."""
-    conditions = compile_conditions([rule.condition for rule in spec.rules], cel_compiler)
+    conditions, reads = _compile_group([rule.condition for rule in spec.rules], cel_compiler)
     rules = [
         CompiledRule(
             effect=rule.effect,
@@ -279,6 +293,7 @@ def compile_policy(policy_ref: str, spec: PolicySpec, cel_compiler: cel.Compiler
             scope=rule.scope,
             reads_body=condition_reads_body(rule.condition),
             rego=condition_uses_rego(rule.condition),
+            cel_reads=reads,
         )
         for i, rule in enumerate(spec.rules)
     ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
-__all__ = ["ALL", "Paths", "add_path", "key", "project", "union"]
+__all__ = ["ALL", "Paths", "add_path", "covers", "key", "project", "union"]
 
 Paths: TypeAlias = "dict[str, Paths | None] | None"
 """Field name -> the paths below it (None: that field whole); None at the top: all of ctx."""
@@ -61,6 +61,22 @@ def _merge(into: dict[str, Paths | None], tree: dict[str, Paths | None]) -> None
 
 def _copy(tree: dict[str, Paths | None]) -> dict[str, Paths | None]:
     return {name: None if child is None else _copy(child) for name, child in tree.items()}
+
+
+def covers(outer: Paths, inner: Paths) -> bool:
+    """Whether the projection along ``outer`` holds everything the one along ``inner`` does: then a
+    condition reading ``inner`` sees the same values in either (both are the full ctx on its paths)."""
+    if outer is None:
+        return True
+    if inner is None:
+        return False
+    for name, child in inner.items():
+        if name not in outer:
+            return False
+        mine = outer[name]
+        if mine is not None and (child is None or not covers(mine, child)):
+            return False
+    return True
 
 
 def key(paths: Paths) -> object:

@@ -266,3 +266,36 @@ def test_a_body_with_more_values_than_parsed_is_refused_where_read_and_passed_wh
     assert isinstance(run(reads, facts(body={"model": "gpt-4o", "messages": many["messages"][:100]})), Admission)
     passes = run(state_of(service(rules=(ALLOW_ALL,)), user()), facts(body=many))
     assert isinstance(passes, Admission) and passes.body_map == {}
+
+
+def test_a_services_dynamic_rules_and_policies_convert_ctx_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dynamic-config rules run first and convert what the Service's policies read too."""
+    made: list[object] = []
+    convert = cel._engine_activation
+
+    def counted(ctx: Any) -> object:
+        made.append(ctx)
+        return convert(ctx)
+
+    monkeypatch.setattr(cel, "_engine_activation", counted)
+    policy_rule = rule(
+        "ALLOW",
+        {"all": {"of": [{"match": 'ctx.user.spec.groups.hasAll("dev")'}, {"match": "ctx.request.http.bodyMap.n < 4"}]}},
+    )
+    doc = service(rules=(policy_rule,))
+    doc["spec"]["dynamicConfig"] = {
+        "configs": [{"name": "mini", "upstream": {"url": "http://127.0.0.1:8"}}],
+        "rules": [{"condition": {"match": "ctx.request.http.bodyMap.model == 'mini'"}, "configName": "mini"}],
+    }
+    state = state_of(doc, user(groups=("dev",)), {"kind": "Group", "metadata": {"name": "dev"}, "spec": {}})
+    for body, route, allowed in [
+        ({"model": "mini", "n": 1}, "mini", True),
+        ({"model": "other", "n": 1}, "default", True),
+        ({"model": "mini", "n": 9}, "mini", False),
+    ]:
+        made.clear()
+        outcome = run(state, facts(body=body))
+        assert isinstance(outcome, Admission) is allowed, outcome
+        if isinstance(outcome, Admission):
+            assert outcome.route is not None and outcome.route.name == route
+        assert len(made) == 1, made

@@ -690,3 +690,55 @@ def test_projection_union(trees: list[Any], union: Any) -> None:
     before = copy.deepcopy(trees)
     assert projection.union(trees) == union
     assert trees == before  # the programs' own trees are not changed
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner", "covers"),
+    [
+        (None, None, True),
+        (None, {"a": None}, True),
+        ({"a": None}, None, False),
+        ({"a": None}, {}, True),
+        ({}, {}, True),
+        ({"a": None}, {"a": {"b": None}}, True),
+        ({"a": {"b": None}}, {"a": None}, False),  # a part of a does not hold all of a
+        ({"a": {"b": None}}, {"a": {"b": {"c": None}}}, True),
+        ({"a": {"b": None}}, {"a": {"c": None}}, False),
+        ({"a": None, "b": None}, {"b": None}, True),
+        ({"a": None}, {"a": None, "b": None}, False),
+        ({"a": {"b": {"c": None}, "d": None}}, {"a": {"b": {"c": None}}}, True),
+    ],
+)
+def test_projection_covers(outer: Any, inner: Any, covers: bool) -> None:
+    assert projection.covers(outer, inner) is covers
+    if covers:  # what it says: the projection along outer holds the one along inner
+        value = {"a": {"b": {"c": 1, "e": 2}, "c": 3, "d": 4}, "b": 5}
+        assert projection.project(projection.project(value, outer), inner) == projection.project(value, inner)
+
+
+def test_an_activation_reuses_a_conversion_that_covers_the_paths(compiler: cel.Compiler) -> None:
+    ctx = make_ctx()
+    ctx["user"]["spec"]["groups"] = ["dev", "ops"]
+    ctx["request"]["http"]["bodyMap"] = {"model": "gpt-4o", "messages": [{"role": "user"}]}
+    wide = compiler.compile('ctx.user.spec.groups.hasAll("dev") && size(ctx.request.http.bodyMap.messages) == 1')
+    model = compiler.compile('ctx.request.http.bodyMap.model == "gpt-4o"')
+    path = compiler.compile('ctx.request.http.path.startsWith("/")')
+    activation = EvalInput(ctx).activation
+    both = projection.union([wide.paths, model.paths])
+    assert wide.reading(both).evaluate_bool(activation)
+    assert model.evaluate_bool(activation)  # its own projection is covered: no second conversion
+    assert len(activation._made) == 1
+    assert path.evaluate_bool(activation)  # not covered: converted for itself
+    assert len(activation._made) == 2
+
+
+def test_a_covering_conversion_that_failed_is_not_reused(compiler: cel.Compiler) -> None:
+    """A value CEL cannot hold fails only the expressions that read it, covered or not."""
+    ctx = make_ctx()
+    ctx["request"]["http"]["bodyMap"] = {"model": "gpt-4o", "odd": {1, 2}}
+    whole = compiler.compile("size(ctx.request.http.bodyMap) > 0")
+    model = compiler.compile('ctx.request.http.bodyMap.model == "gpt-4o"')
+    activation = EvalInput(ctx).activation
+    with pytest.raises(cel.CelEvalError, match="set"):
+        whole.evaluate_bool(activation)
+    assert model.evaluate_bool(activation)
