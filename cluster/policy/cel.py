@@ -263,6 +263,8 @@ def _as_cel_data(value: object, path: str, depth: int = 0) -> object:
 
 
 def _engine_activation(ctx: Mapping[str, object]) -> object:
+    """An engine activation for ``ctx`` that is known to evaluate: checked by the probe, else converted
+    value by value (CelEvalError naming a value CEL cannot hold)."""
     engine = _engine()
     handle = engine.env.Activation(ctx)
     if engine.probe.eval(handle).value() is True:
@@ -287,6 +289,21 @@ def _covers(outer_key: object, outer: Paths, inner_key: object, inner: Paths) ->
             _COVERS.clear()
         known = _COVERS[pair] = projection.covers(outer, inner)
     return known
+
+
+class _Conversion:
+    """One projection of ctx handed to the engine. The engine converts it lazily, at the first evaluation,
+    and reports a value it cannot hold as that evaluation's error; so a conversion is `checked` (by
+    _engine_activation's probe) only after an evaluation failed, which keeps the probe off the common path."""
+
+    __slots__ = ("checked", "handle", "key", "paths", "variables")
+
+    def __init__(self, paths: Paths, key: object, variables: Mapping[str, object]) -> None:
+        self.paths = paths
+        self.key = key
+        self.variables = variables
+        self.handle = _engine().env.Activation(variables)
+        self.checked = False
 
 
 class Activation:
@@ -322,33 +339,50 @@ class Activation:
 
     def __init__(self, ctx: Mapping[str, object]) -> None:
         self._ctx = ctx
-        self._handles: dict[object, object] = {}
+        self._handles: dict[object, _Conversion] = {}
         self._errors: dict[object, CelEvalError] = {}
-        self._made: list[tuple[Paths, object, object]] = []
-        """(paths, key, handle) of each conversion made: a later set of paths that one covers reuses it."""
+        self._made: list[_Conversion] = []
+        """Each conversion made: a later set of paths that one covers reuses it."""
 
-    def _engine_handle(self, paths: Paths = projection.ALL, key: object = None) -> object:
-        """The engine's activation holding the ``paths`` of ctx (``key`` is projection.key(paths))."""
-        handle = self._handles.get(key)
-        if handle is not None:
-            return handle
-        for made_paths, made_key, made in self._made:
-            if _covers(made_key, made_paths, key, paths):
+    def _conversion(self, paths: Paths, key: object) -> _Conversion:
+        """The conversion holding the ``paths`` of ctx (``key`` is projection.key(paths))."""
+        conversion = self._handles.get(key)
+        if conversion is not None:
+            return conversion
+        for made in self._made:
+            if _covers(made.key, made.paths, key, paths):
                 self._handles[key] = made
                 return made
         error = self._errors.get(key)
-        if error is None:
-            ctx = self._ctx.get("ctx") if isinstance(self._ctx, Mapping) else None
-            variables = self._ctx
-            if paths is not None and isinstance(ctx, Mapping):
-                variables = {**self._ctx, "ctx": projection.project(ctx, paths)}
-            try:
-                handle = self._handles[key] = _engine_activation(variables)
-                self._made.append((paths, key, handle))
-                return handle
-            except CelEvalError as exc:
-                error = self._errors[key] = exc
-        raise CelEvalError(str(error))
+        if error is not None:
+            raise CelEvalError(str(error))
+        ctx = self._ctx.get("ctx") if isinstance(self._ctx, Mapping) else None
+        variables = self._ctx
+        if paths is not None and isinstance(ctx, Mapping):
+            variables = {**self._ctx, "ctx": projection.project(ctx, paths)}
+        conversion = self._handles[key] = _Conversion(paths, key, variables)
+        self._made.append(conversion)
+        return conversion
+
+    def _recheck(self, conversion: _Conversion) -> bool:
+        """An evaluation on ``conversion`` failed: True when the conversion was at fault (it is replaced by a
+        value-by-value one, or dropped), so the Program should ask for its conversion again and retry."""
+        if conversion.checked:
+            return False
+        conversion.checked = True
+        try:
+            handle = _engine_activation(conversion.variables)
+        except CelEvalError as exc:
+            # Only the conversion's own paths fail; Programs that reused it for fewer paths convert their own.
+            self._made.remove(conversion)
+            for key in [k for k, c in self._handles.items() if c is conversion]:
+                del self._handles[key]
+            self._errors[conversion.key] = exc
+            return True
+        if handle is conversion.handle:
+            return False
+        conversion.handle = handle
+        return True
 
 
 class Program:
@@ -372,6 +406,21 @@ class Program:
         apiece."""
         return Program(self.source, self._expr, paths)
 
+    def _eval(self, activation: Activation) -> _Value:
+        """The engine's result; a failure that the conversion caused is retried on a corrected one (each
+        conversion is checked at most once, so this ends)."""
+        while True:
+            conversion = activation._conversion(self.paths, self._key)
+            try:
+                value = self._expr.eval(conversion.handle)
+                failed = value.type().name() == "ERROR"
+            except Exception:
+                if not activation._recheck(conversion):
+                    raise
+                continue
+            if not failed or not activation._recheck(conversion):
+                return value
+
     def evaluate(self, activation: Activation) -> object:
         """The result as a plain Python value: bool, int, float, str, bytes, None, list, dict.
 
@@ -379,7 +428,7 @@ class Program:
         name. Raises CelEvalError on any evaluation error.
         """
         try:
-            value = self._expr.eval(activation._engine_handle(self.paths, self._key))
+            value = self._eval(activation)
             kind = value.type().name()
             if kind != "ERROR":
                 return _plain(value.plain_value())
@@ -390,7 +439,7 @@ class Program:
     def evaluate_bool(self, activation: Activation) -> bool:
         """The result of a condition. Raises CelEvalError on an error or a non-bool result."""
         try:
-            value = self._expr.eval(activation._engine_handle(self.paths, self._key))
+            value = self._eval(activation)
             result = value.value()
         except Exception as exc:
             raise CelEvalError(f"{self.source!r}: {exc}") from exc

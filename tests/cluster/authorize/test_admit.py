@@ -271,13 +271,13 @@ def test_a_body_with_more_values_than_parsed_is_refused_where_read_and_passed_wh
 def test_a_services_dynamic_rules_and_policies_convert_ctx_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The dynamic-config rules run first and convert what the Service's policies read too."""
     made: list[object] = []
-    convert = cel._engine_activation
 
-    def counted(ctx: Any) -> object:
-        made.append(ctx)
-        return convert(ctx)
+    class Counted(cel._Conversion):
+        def __init__(self, paths: Any, key: object, variables: Any) -> None:
+            made.append(variables)
+            super().__init__(paths, key, variables)
 
-    monkeypatch.setattr(cel, "_engine_activation", counted)
+    monkeypatch.setattr(cel, "_Conversion", Counted)
     policy_rule = rule(
         "ALLOW",
         {"all": {"of": [{"match": 'ctx.user.spec.groups.hasAll("dev")'}, {"match": "ctx.request.http.bodyMap.n < 4"}]}},

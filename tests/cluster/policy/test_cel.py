@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -639,3 +640,32 @@ def test_errors_share_one_base() -> None:
     assert issubclass(CelCompileError, CelError)
     assert issubclass(CelEvalError, CelError)
     assert not issubclass(CelEvalError, CelCompileError)
+
+
+def test_a_conversion_is_checked_only_after_a_failure_and_once(
+    compiler: Compiler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe (a second conversion path) stays off the common path: a conversion is checked when an
+    evaluation on it fails, once; a failure of the expression itself leaves the conversion as it was."""
+    from wardgate.cluster.policy import cel
+
+    checks: list[object] = []
+    check = cel._engine_activation
+
+    def counted(ctx: Mapping[str, object]) -> object:
+        checks.append(ctx)
+        return check(ctx)
+
+    monkeypatch.setattr(cel, "_engine_activation", counted)
+    activation = Activation(make_ctx())
+    assert compiler.compile(SEED_ROUTE).evaluate_bool(activation) is True
+    assert checks == []
+    missing = compiler.compile("ctx.request.http.bodyMap.nope == 1")
+    for _ in range(3):
+        with pytest.raises(CelEvalError, match="nope"):
+            missing.evaluate_bool(activation)
+    assert len(checks) == 1
+    big = Activation(make_ctx(**{f"{BODY}__seed": 2**70}))
+    program = compiler.compile("type(ctx.request.http.bodyMap.seed) == double")
+    assert program.evaluate_bool(big) is True and program.evaluate_bool(big) is True
+    assert len(checks) == 2  # the engine refused the value once; the value-by-value conversion is kept
