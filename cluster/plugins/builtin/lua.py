@@ -198,16 +198,23 @@ class _Runtime(FlowApi):
 
         def guarded(*args: Any) -> Any:
             size = sum(len(a) for a in args if type(a) is bytes)
-            if not self.tick(size // per_byte if per_byte else 0):
+            if not self.tick(size // per_byte):
                 raise _BoundExceeded(self.bound)
             result = fn(*args)
             if type(result) is bytes:
                 self._fit(len(result))
-                if per_byte:
-                    self.units -= len(result) // per_byte
+                self.units -= len(result) // per_byte
             return result
 
-        return guarded
+        def unsized(*args: Any) -> Any:  # most of the API: one time check, nothing charged by size
+            if not self.tick(0):
+                raise _BoundExceeded(self.bound)
+            result = fn(*args)
+            if type(result) is bytes:
+                self._fit(len(result))
+            return result
+
+        return guarded if per_byte else unsized
 
     def _ctx_node(self, handle: object) -> bytes:
         """A ctx level is charged by its number of items before it is converted (8 units each)."""
