@@ -406,20 +406,22 @@ class Program:
         apiece."""
         return Program(self.source, self._expr, paths)
 
-    def _eval(self, activation: Activation) -> _Value:
-        """The engine's result; a failure that the conversion caused is retried on a corrected one (each
-        conversion is checked at most once, so this ends)."""
+    def _eval(self, activation: Activation) -> tuple[_Value, object]:
+        """The engine's result and its value(); a failure that the conversion caused is retried on a corrected
+        conversion (each is checked at most once, so this ends). A bool result is never an error: one call."""
         while True:
             conversion = activation._conversion(self.paths, self._key)
             try:
                 value = self._expr.eval(conversion.handle)
-                failed = value.type().name() == "ERROR"
+                result = value.value()
+                if result is True or result is False or value.type().name() != "ERROR":
+                    return value, result
             except Exception:
                 if not activation._recheck(conversion):
                     raise
                 continue
-            if not failed or not activation._recheck(conversion):
-                return value
+            if not activation._recheck(conversion):
+                return value, result
 
     def evaluate(self, activation: Activation) -> object:
         """The result as a plain Python value: bool, int, float, str, bytes, None, list, dict.
@@ -428,7 +430,7 @@ class Program:
         name. Raises CelEvalError on any evaluation error.
         """
         try:
-            value = self._eval(activation)
+            value, _ = self._eval(activation)
             kind = value.type().name()
             if kind != "ERROR":
                 return _plain(value.plain_value())
@@ -439,8 +441,7 @@ class Program:
     def evaluate_bool(self, activation: Activation) -> bool:
         """The result of a condition. Raises CelEvalError on an error or a non-bool result."""
         try:
-            value = self._eval(activation)
-            result = value.value()
+            value, result = self._eval(activation)
         except Exception as exc:
             raise CelEvalError(f"{self.source!r}: {exc}") from exc
         if result is True or result is False:

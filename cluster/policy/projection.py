@@ -21,6 +21,7 @@ Paths: TypeAlias = "dict[str, Paths | None] | None"
 """Field name -> the paths below it (None: that field whole); None at the top: all of ctx."""
 
 ALL: Paths = None
+_MISSING = object()
 
 
 def add_path(paths: dict[str, Paths | None], path: Iterable[str]) -> bool:
@@ -80,10 +81,15 @@ def covers(outer: Paths, inner: Paths) -> bool:
 
 
 def key(paths: Paths) -> object:
-    """A hashable form of ``paths``, equal for equal trees: requests share one conversion per key."""
+    """A hashable form of ``paths``, equal for equal trees: requests share one conversion per key. A string,
+    whose hash Python keeps (a nested tuple's is recomputed on every lookup)."""
     if paths is None:
         return None
-    return tuple(sorted((name, key(child)) for name, child in paths.items()))
+    return repr(_sorted(paths))
+
+
+def _sorted(paths: dict[str, Paths | None]) -> tuple[object, ...]:
+    return tuple(sorted((name, None if child is None else _sorted(child)) for name, child in paths.items()))
 
 
 def project(value: Mapping[str, object], paths: Paths) -> Mapping[str, object]:
@@ -91,9 +97,12 @@ def project(value: Mapping[str, object], paths: Paths) -> Mapping[str, object]:
     if paths is None:
         return value
     out: dict[str, object] = {}
+    get = value.get
     for name, child in paths.items():
-        if name not in value:
+        item = get(name, _MISSING)
+        if item is _MISSING:
             continue
-        item = value[name]
-        out[name] = project(item, child) if child is not None and isinstance(item, Mapping) else item
+        if child is not None and (type(item) is dict or isinstance(item, Mapping)):  # per request: skip the ABC
+            item = project(item, child)
+        out[name] = item
     return out

@@ -742,3 +742,14 @@ def test_a_covering_conversion_that_failed_is_not_reused(compiler: cel.Compiler)
     with pytest.raises(cel.CelEvalError, match="set"):
         whole.evaluate_bool(activation)
     assert model.evaluate_bool(activation)
+
+
+def test_projection_key_is_one_string_per_tree() -> None:
+    """Requests look conversions up by key on every evaluation: a str (its hash is kept), equal for equal
+    trees whatever their order, different for different trees."""
+    a = projection.key({"user": {"spec": {"groups": None}}, "request": {"http": None}})
+    b = projection.key({"request": {"http": None}, "user": {"spec": {"groups": None}}})
+    assert isinstance(a, str) and a == b
+    trees: list[Any] = [{}, {"a": None}, {"a": {}}, {"a": {"b": None}}, {"b": {"a": None}}, {"a": None, "b": None}]
+    assert len({projection.key(t) for t in trees}) == len(trees)
+    assert projection.key(None) is None
