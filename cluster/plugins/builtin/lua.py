@@ -240,7 +240,7 @@ class _Runtime(FlowApi):
         try:
             if self._first is not None:
                 (fn, with_ctx), self._first = self._first, None
-                result = self._run(fn, with_ctx)
+                result = self._run(fn, with_ctx, self.phase == REQUEST)
             else:
                 result = self.resume(*args)
         except lupa.LuaMemoryError as exc:
@@ -251,6 +251,8 @@ class _Runtime(FlowApi):
             self.pause_clock()
         out = result if isinstance(result, tuple) else (result,)
         self._open = out[0] == b"http"
+        if not self._open and len(out) > 2 and out[2] is not None:
+            self.set_body(out[2])  # the body the call set (lua_prelude keeps it until the call ends)
         if out[0] == b"error":
             if self.bound is not None:
                 raise LuaScriptError(self.bound)

@@ -224,6 +224,19 @@ req.exit = function(status)
   P.exit(status)
   coyield(EXIT)
 end
+-- The request body a call sets stays here and goes back to Python with the call's end (no crossing per set):
+-- Python applies it whatever the outcome, as it would have applied it at the set.
+local in_request, pending_body = false, nil
+local get_body = P.req.getRequestBody
+req.setRequestBody = function(body)
+  if not in_request then error("only available in onRequest", 0) end
+  if type(body) ~= "string" then error("the body must be a string", 0) end
+  pending_body = body
+end
+req.getRequestBody = function()
+  if pending_body ~= nil then return pending_body end
+  return get_body()
+end
 local api = {req = readonly(req, "req"), resp = readonly(P.resp, "resp")}
 local current_ctx
 local wardgate = setmetatable({}, {
@@ -315,12 +328,16 @@ end
 -- crossing: `run` starts it and takes its first step.
 
 local function over(kind, ...)
-  if kind ~= "http" then current_co, current_ctx = nil, nil end
-  return kind, ...
+  if kind == "http" then return kind, ... end
+  current_co, current_ctx, in_request = nil, nil, false
+  local body = pending_body
+  pending_body = nil
+  return kind, (...), body
 end
 
-function R.run(fn, with_ctx)
+function R.run(fn, with_ctx, request)
   exhausted, every, work = false, HOOK_EVERY, 0
+  in_request, pending_body = request, nil
   current_co = cocreate(fn)
   sethook(current_co, hook, "", HOOK_EVERY)
   current_ctx = with_ctx and new_ctx() or nil
@@ -332,7 +349,7 @@ function R.step(...)
 end
 
 function R.stop()
-  current_co, current_ctx = nil, nil
+  current_co, current_ctx, in_request, pending_body = nil, nil, false, nil
 end
 
 function R.collect() gcount("collect") end

@@ -200,3 +200,88 @@ end
         assert "timed out" in flow.request.headers["x-err"]
         with pytest.raises(LuaScriptError, match="may not leave its base URL"):  # not catchable by pcall
             await plugin.request(make_flow(path="/escape"))
+
+
+# The request body a call sets is kept in Lua until the call ends (one crossing fewer), so every way a call
+# can end must hand it over, and reads in the call must see it.
+
+
+async def test_a_body_set_is_read_back_in_the_same_call_and_applied_at_its_end() -> None:
+    script = """
+function onRequest(ctx)
+  local before = wardgate.req.getRequestBody()
+  wardgate.req.setRequestBody('{"a":1}')
+  local after = wardgate.req.getRequestBody()
+  wardgate.req.setRequestBody(after .. " ")
+  wardgate.req.setRequestHeader("x-seen", before .. "|" .. after .. "|" .. wardgate.req.getRequestBody())
+end
+"""
+    flow = make_flow(body=b"{}")
+    await lua(script).request(flow)
+    assert flow.request.body == b'{"a":1} '
+    assert flow.request.headers["x-seen"] == '{}|{"a":1}|{"a":1} '
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "",
+        "wardgate.req.exit(418)",
+        "error('boom')",
+        "local ok = pcall(error, 'caught')",
+        "wardgate.req.setRequestBody(5)",
+    ],
+)
+async def test_a_body_set_is_applied_however_the_call_ends(ending: str) -> None:
+    """As when each set crossed to Python at once: a later error fails the request, but the set happened."""
+    script = f"function onRequest(ctx)\n  wardgate.req.setRequestBody('new')\n  {ending}\nend"
+    flow = make_flow(body=b"old")
+    try:
+        await lua(script).request(flow)
+    except LuaScriptError as exc:
+        assert "boom" in str(exc) or "must be a string" in str(exc)
+    assert flow.request.body == b"new"
+
+
+async def test_a_body_set_does_not_reach_the_next_call() -> None:
+    plugin = lua(
+        "function onRequest(ctx)\n  local body = wardgate.req.getRequestBody()\n"
+        "  if body == 'one' or body == 'boom' then wardgate.req.setRequestBody('set') end\n"
+        "  if body == 'boom' then error('boom') end\n"
+        "  wardgate.req.setRequestHeader('x-body', wardgate.req.getRequestBody())\nend"
+    )
+    flows = {name: make_flow(body=name.encode()) for name in ("one", "two", "boom", "three")}
+    for name, flow in flows.items():
+        if name == "boom":
+            with pytest.raises(LuaScriptError, match="boom"):
+                await plugin.request(flow)
+        else:
+            await plugin.request(flow)
+    assert plugin.pool.stats == (1, 1)  # one runtime served the calls before the failure and one after
+    assert [f.request.body for f in flows.values()] == [b"set", b"two", b"set", b"three"]
+    assert [f.request.headers.get("x-body") for f in flows.values()] == ["set", "two", None, "three"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [("wardgate.req.setRequestBody({})", "the body must be a string"), ("wardgate.req.setRequestBody()", "string")],
+)
+async def test_set_request_body_refuses_what_is_not_a_string(call: str, message: str) -> None:
+    script = f"function onRequest(ctx)\n  local ok, e = pcall(function() {call} end)\n"
+    script += "  wardgate.req.setRequestHeader('x-e', tostring(e))\nend"
+    flow = make_flow(body=b"old")
+    await lua(script).request(flow)
+    assert message in flow.request.headers["x-e"] and flow.request.body == b"old"
+
+
+async def test_set_request_body_is_refused_outside_on_request() -> None:
+    script = (
+        "function onResponse(ctx)\n  local ok, e = pcall(wardgate.req.setRequestBody, 'x')\n"
+        "  wardgate.resp.setResponseHeader('x-e', tostring(e))\nend"
+    )
+    flow = make_flow(body=b"old")
+    flow.response = Response(200, CIMultiDict(), b"{}")
+    await lua(script).response(flow)
+    assert flow.response.headers["x-e"] == "only available in onRequest" and flow.request.body == b"old"
+    with pytest.raises(LuaScriptError, match="only available in onRequest"):
+        lua("wardgate.req.setRequestBody('x')\nfunction onRequest(ctx) end")
