@@ -370,18 +370,16 @@ class Activation:
         if conversion.checked:
             return False
         conversion.checked = True
+        if _engine().probe.eval(conversion.handle).value() is True:
+            return False  # the conversion is sound: the failure is the expression's own
         try:
-            handle = _engine_activation(conversion.variables)
+            conversion.handle = _engine_activation(conversion.variables)
         except CelEvalError as exc:
             # Only the conversion's own paths fail; Programs that reused it for fewer paths convert their own.
             self._made.remove(conversion)
             for key in [k for k, c in self._handles.items() if c is conversion]:
                 del self._handles[key]
             self._errors[conversion.key] = exc
-            return True
-        if handle is conversion.handle:
-            return False
-        conversion.handle = handle
         return True
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -645,27 +644,30 @@ def test_errors_share_one_base() -> None:
 def test_a_conversion_is_checked_only_after_a_failure_and_once(
     compiler: Compiler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The probe (a second conversion path) stays off the common path: a conversion is checked when an
-    evaluation on it fails, once; a failure of the expression itself leaves the conversion as it was."""
+    """The probe (an extra evaluation) stays off the common path: a conversion is checked when an evaluation
+    on it fails, once; a failure of the expression itself leaves the conversion as it was."""
     from wardgate.cluster.policy import cel
 
-    checks: list[object] = []
-    check = cel._engine_activation
+    real = cel._engine()
+    probes: list[object] = []
 
-    def counted(ctx: Mapping[str, object]) -> object:
-        checks.append(ctx)
-        return check(ctx)
+    class Probe:
+        def eval(self, handle: object) -> Any:
+            probes.append(handle)
+            return real.probe.eval(handle)
 
-    monkeypatch.setattr(cel, "_engine_activation", counted)
+    counting = cel._Engine(env=real.env, probe=Probe())  # type: ignore[arg-type]
+    monkeypatch.setattr(cel, "_engine", lambda: counting)
     activation = Activation(make_ctx())
     assert compiler.compile(SEED_ROUTE).evaluate_bool(activation) is True
-    assert checks == []
+    assert probes == []
     missing = compiler.compile("ctx.request.http.bodyMap.nope == 1")
     for _ in range(3):
         with pytest.raises(CelEvalError, match="nope"):
             missing.evaluate_bool(activation)
-    assert len(checks) == 1
+    assert len(probes) == 1
     big = Activation(make_ctx(**{f"{BODY}__seed": 2**70}))
     program = compiler.compile("type(ctx.request.http.bodyMap.seed) == double")
     assert program.evaluate_bool(big) is True and program.evaluate_bool(big) is True
-    assert len(checks) == 2  # the engine refused the value once; the value-by-value conversion is kept
+    # the engine refused the value: probed, converted value by value (probed twice more), then kept
+    assert len(probes) == 4
