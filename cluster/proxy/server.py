@@ -183,9 +183,15 @@ class Gateway:
         self._log.write(record)
         for fields in ex.more_lines:
             self._log.write({**record.as_dict(), **fields})
-        telemetry = self._telemetry
-        if telemetry is None:
-            return
+        if self._telemetry is not None:
+            # Metrics and spans are read later (a scrape, a batched export): taken once the answer has left
+            # (aiohttp sends a whole answer when the handler returns), they no longer delay it (about 45 µs at
+            # c=1 on bench/gateway.py's empty pipeline). The access-log line, with usage and cost, stays first.
+            asyncio.get_running_loop().call_soon(self._observe, self._telemetry, ex, status, total)
+
+    @staticmethod
+    def _observe(telemetry: Telemetry, ex: Exchange, status: int, total: float) -> None:
+        record = ex.record
         telemetry.metrics.observe(record)
         if telemetry.exporter.enabled:
             server = SpanRecord(

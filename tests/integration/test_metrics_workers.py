@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,12 @@ async def test_metrics_sum_every_workers_requests(tmp_path: Path) -> None:
             url = cluster.public_url("llm") + "/v1/models"
             statuses = [await _request(cluster, url) for _ in range(REQUESTS)]
             node = json.loads(cluster.access_log()[-1])["node"]
+            # A worker counts a request just after its answer has left: give the last ones a moment.
+            deadline = time.monotonic() + 5
+            while sum(per_worker := _per_worker(cluster.home / "run" / "metrics")) < REQUESTS:
+                assert time.monotonic() < deadline, per_worker
+                await asyncio.sleep(0.05)
             text = _metrics(cluster)
-            per_worker = _per_worker(cluster.home / "run" / "metrics")
         finally:
             await asyncio.to_thread(stop_cluster, cluster)
     status = str(statuses[0])
