@@ -276,21 +276,6 @@ def _engine_activation(ctx: Mapping[str, object]) -> object:
     return handle
 
 
-_COVERS: dict[tuple[object, object], bool] = {}
-_COVERS_MAX: Final = 4096
-
-
-def _covers(outer_key: object, outer: Paths, inner_key: object, inner: Paths) -> bool:
-    """projection.covers, remembered per pair of keys (a handful of projections meet on every request)."""
-    pair = (outer_key, inner_key)
-    known = _COVERS.get(pair)
-    if known is None:
-        if len(_COVERS) >= _COVERS_MAX:
-            _COVERS.clear()
-        known = _COVERS[pair] = projection.covers(outer, inner)
-    return known
-
-
 class _Conversion:
     """One projection of ctx handed to the engine. The engine converts it lazily, at the first evaluation,
     and reports a value it cannot hold as that evaluation's error; so a conversion is `checked` (by
@@ -350,7 +335,7 @@ class Activation:
         if conversion is not None:
             return conversion
         for made in self._made:
-            if _covers(made.key, made.paths, key, paths):
+            if projection.covers_by_key(made.key, made.paths, key, paths):
                 self._handles[key] = made
                 return made
         error = self._errors.get(key)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
-__all__ = ["ALL", "Paths", "add_path", "covers", "key", "project", "union"]
+__all__ = ["ALL", "Paths", "add_path", "covers", "covers_by_key", "key", "project", "union"]
 
 Paths: TypeAlias = "dict[str, Paths | None] | None"
 """Field name -> the paths below it (None: that field whole); None at the top: all of ctx."""
@@ -78,6 +78,21 @@ def covers(outer: Paths, inner: Paths) -> bool:
         if mine is not None and (child is None or not covers(mine, child)):
             return False
     return True
+
+
+_COVERS: dict[tuple[object, object], bool] = {}
+_COVERS_MAX = 4096
+
+
+def covers_by_key(outer_key: object, outer: Paths, inner_key: object, inner: Paths) -> bool:
+    """``covers``, remembered per pair of keys (a handful of projections meet on every request)."""
+    pair = (outer_key, inner_key)
+    known = _COVERS.get(pair)
+    if known is None:
+        if len(_COVERS) >= _COVERS_MAX:
+            _COVERS.clear()
+        known = _COVERS[pair] = covers(outer, inner)
+    return known
 
 
 def key(paths: Paths) -> object:
