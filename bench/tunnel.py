@@ -29,6 +29,8 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -134,45 +136,107 @@ def _start(node: Node, client: Client, up: str, root: Path) -> None:
     )  # fmt: skip
 
 
-def _measure(name: str, netns: str, url: str, headers: dict[str, str], duration: float, root: Path) -> list[WrkResult]:
-    """A 1 s warm-up that must answer 200 only, then c=1 and c=32 for `duration` seconds each."""
+@dataclass
+class Run:
+    """One wrk run and the CPU per request it cost each part, from /proc, in µs: the gateway (every
+    wardgate-cluster process), wireguard-go (both ends), and the provider in the node's namespace."""
+
+    wrk: WrkResult
+    gateway_us: float
+    wireguard_us: float
+    provider_us: float
+
+
+def _cpu(namespaces: Sequence[str]) -> dict[str, int]:
+    """CPU ticks used so far by the gateway's processes, wireguard-go and the fake provider, in `namespaces`."""
+    ticks = {"gateway": 0, "wireguard-go": 0, "provider": 0}
+    markers = (("gateway", b"wardgate-cluster"), ("wireguard-go", b"wireguard-go"), ("provider", b"openai_provider"))
+    for netns in namespaces:
+        for pid in run("ip", "netns", "pids", netns).stdout.split():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            for part, marker in markers:
+                if marker in command:
+                    ticks[part] += int(fields[11]) + int(fields[12])  # utime + stime, every thread of the process
+    return ticks
+
+
+def _measure(
+    name: str, netns: str, url: str, headers: dict[str, str], duration: float, root: Path, watch: Sequence[str]
+) -> list[Run]:
+    """A 1 s warm-up that must answer 200 only, then c=1 and c=32 for `duration` seconds each, with the CPU
+    that the gateway and wireguard-go (in the namespaces `watch`) spent per request meanwhile."""
     prefix = ("ip", "netns", "exec", netns)
     warm = run_wrk(url, headers, BODY, 1, 1, root, prefix=prefix)
     if warm.errors or not warm.requests:
         raise RuntimeError(f"{name}: the warm-up had {warm.errors} errors in {warm.requests} requests ({url})")
-    return [run_wrk(url, headers, BODY, c, duration, root, prefix=prefix) for c in (1, 32)]
+    runs = []
+    per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
+    for c in (1, 32):
+        before = _cpu(watch)
+        wrk = run_wrk(url, headers, BODY, c, duration, root, prefix=prefix)
+        after = _cpu(watch)
+        used = {part: (after[part] - before[part]) * per_tick / max(wrk.requests, 1) for part in after}
+        runs.append(Run(wrk, used["gateway"], used["wireguard-go"], used["provider"]))
+    return runs
 
 
-def _print(results: dict[str, list[WrkResult]], duration: float) -> None:
+def _print(results: dict[str, list[Run]], duration: float) -> None:
     print(
         f"\nTunnel bench: JSON chat completion, wrk in the client namespace, {duration:.0f} s per run, "
         f"{_implementation()}, {os.cpu_count()} cores"
     )
-    print(f"{'target':38} {'c=32 req/s':>10} {'x direct':>9} {'c=1 p50 ms':>11} {'+p50 ms':>8} {'errors':>7}")
-    direct_c1, direct_c32 = results["direct"]
-    for name, (c1, c32) in results.items():
-        ratio = c32.requests_per_second / direct_c32.requests_per_second if direct_c32.requests_per_second else 0.0
-        print(
-            f"{name:38} {c32.requests_per_second:10.0f} {ratio:9.2f} {c1.p50_ms:11.2f} "
-            f"{c1.p50_ms - direct_c1.p50_ms:8.2f} {c1.errors + c32.errors:7d}"
-        )
-    (public_c1, public_c32), (tunnel_c1, tunnel_c32) = (
-        results["public (HTTPS)"],
-        results["tunnel (HTTP over WireGuard)"],
+    print(
+        f"{'target':38} {'c=32 req/s':>10} {'x direct':>9} {'c=1 p50 ms':>11} {'+p50 ms':>8} {'errors':>7} "
+        f"{'CPU µs/req c=1, c=32: gateway':>30} {'wireguard-go':>13} {'node provider':>14}"
     )
-    added = tunnel_c1.p50_ms - public_c1.p50_ms
+    direct_c1, direct_c32 = (r.wrk for r in results["direct"])
+    for name, (c1, c32) in results.items():
+        rps = c32.wrk.requests_per_second
+        ratio = rps / direct_c32.requests_per_second if direct_c32.requests_per_second else 0.0
+        gateway, hops_cpu, provider = (
+            f"{a:.0f}, {b:.0f}" if a + b >= 10 else "-"
+            for a, b in (
+                (c1.gateway_us, c32.gateway_us),
+                (c1.wireguard_us, c32.wireguard_us),
+                (c1.provider_us, c32.provider_us),
+            )
+        )
+        print(
+            f"{name:38} {rps:10.0f} {ratio:9.2f} {c1.wrk.p50_ms:11.2f} "
+            f"{c1.wrk.p50_ms - direct_c1.p50_ms:8.2f} {c1.wrk.errors + c32.wrk.errors:7d} "
+            f"{gateway:>30} {hops_cpu:>13} {provider:>14}"
+        )
+    public, tunnel = results["public (HTTPS)"], results["tunnel (HTTP over WireGuard)"]
+    added = tunnel[0].wrk.p50_ms - public[0].wrk.p50_ms
     verdict = "no more than" if added <= 0 else "more than"
     print(
         f"tunnel against public: {added:+.2f} ms p50 at c=1, "
-        f"{tunnel_c32.requests_per_second - public_c32.requests_per_second:+.0f} req/s at c=32: "
+        f"{tunnel[1].wrk.requests_per_second - public[1].wrk.requests_per_second:+.0f} req/s at c=32: "
         f"the tunnel adds {verdict} the public path at c=1"
     )
-    veth, wireguard = (results[name][0].p50_ms for name in WG_ONLY)
+    veth, wireguard = (results[name][0].wrk.p50_ms for name in WG_ONLY)
     hops = wireguard - veth
     verdict = "no more than" if added - hops <= 0 else "more than"
     print(
         f"WireGuard's own hops (the provider on the node, over WireGuard against over the veth): {hops:+.2f} ms p50 "
         f"at c=1; without them the tunnel adds {added - hops:+.2f} ms against public: {verdict} the public path"
+    )
+    own = [t.gateway_us - p.gateway_us for t, p in zip(tunnel, public, strict=True)]
+    verdict = "less than" if max(own) < 0 else "no more than" if max(own) <= 0 else "more than"
+    print(
+        f"the gateway's own CPU per request, tunnel against public: {own[0]:+.0f} µs at c=1, {own[1]:+.0f} µs at "
+        f"c=32: its tunnel side costs {verdict} its public side; wireguard-go spent {tunnel[0].wireguard_us:.0f} "
+        f"(c=1) and {tunnel[1].wireguard_us:.0f} (c=32) µs per tunnel request on the same cores"
+    )
+    veth_run, wg_run = results[WG_ONLY[0]], results[WG_ONLY[1]]
+    control = [w.provider_us - v.provider_us for v, w in zip(veth_run, wg_run, strict=True)]
+    print(
+        f"the same control for a server without the gateway (the provider on the node's CPU per request, over "
+        f"WireGuard against over the veth): {control[0]:+.0f} µs at c=1, {control[1]:+.0f} µs at c=32"
     )
 
 
@@ -214,14 +278,15 @@ def main() -> int:
             WG_ONLY[0]: (f"http://{client.node_address}:{NODE_PROVIDER_PORT}/v1/chat/completions", key, None),
             WG_ONLY[1]: (f"http://llm.{ZONE}:{NODE_PROVIDER_PORT}/v1/chat/completions", key, None),
         }
-        results: dict[str, list[WrkResult]] = {}
+        results: dict[str, list[Run]] = {}
+        watch = (node.netns, client.netns)
         for name, (url, authorization, host) in targets.items():
             headers = dict(JSON)
             if authorization:
                 headers["Authorization"] = authorization
             if host:
                 headers["Host"] = host
-            results[name] = _measure(name, client.netns, url, headers, args.duration, root)
+            results[name] = _measure(name, client.netns, url, headers, args.duration, root, watch)
         _print(results, args.duration)
         return 0
     except Exception:
