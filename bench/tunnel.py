@@ -14,9 +14,14 @@ names are unique per run, and they, their processes and their /etc/netns files a
 Prints req/s at c=32 and p50 (+p50 against direct) at c=1 for each path. Two more rows take the gateway
 out: a second provider in the node's namespace, reached from the client over the veth and over WireGuard.
 Their difference is what the tunnel's own hops (wireguard-go on both ends) add to an HTTP exchange, and the
-last line takes it out of the tunnel-against-public comparison.
+next line takes it out of the tunnel-against-public comparison. Every row also shows the CPU per request
+(from /proc) of the gateway, of wireguard-go (both ends) and of that second provider; the last line sets
+the gateway's extra CPU on the tunnel beside the extra CPU the same hops cost the bare provider.
 
-    sudo .venv/bin/python bench/tunnel.py [--duration 10]
+    sudo .venv/bin/python bench/tunnel.py [--duration 10] [--pin]
+
+--pin puts every thread of the gateway on the first core and everything else (wrk, wireguard-go, the agent,
+the providers, the client) on the others, so that wireguard-go no longer competes with the gateway for a core.
 """
 
 from __future__ import annotations
@@ -164,12 +169,39 @@ def _cpu(namespaces: Sequence[str]) -> dict[str, int]:
     return ticks
 
 
+def _pin(namespaces: Sequence[str]) -> tuple[str, str]:
+    """--pin: every thread of the gateway's processes on the first core, every other process of the run
+    (wireguard-go, the agent, the providers, the client) on the other cores. Returns both core lists."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise RuntimeError("--pin needs at least 2 cores")
+    gateway, rest = str(cores[0]), ",".join(map(str, cores[1:]))
+    for netns in namespaces:
+        for pid in run("ip", "netns", "pids", netns).stdout.split():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            run("taskset", "-a", "-p", "-c", gateway if b"wardgate-cluster" in command else rest, pid)
+    return gateway, rest
+
+
 def _measure(
-    name: str, netns: str, url: str, headers: dict[str, str], duration: float, root: Path, watch: Sequence[str]
+    name: str,
+    netns: str,
+    url: str,
+    headers: dict[str, str],
+    duration: float,
+    root: Path,
+    watch: Sequence[str],
+    cores: str | None,
 ) -> list[Run]:
     """A 1 s warm-up that must answer 200 only, then c=1 and c=32 for `duration` seconds each, with the CPU
-    that the gateway and wireguard-go (in the namespaces `watch`) spent per request meanwhile."""
-    prefix = ("ip", "netns", "exec", netns)
+    that the gateway and wireguard-go (in the namespaces `watch`) spent per request meanwhile. wrk runs on
+    `cores` when given."""
+    prefix: tuple[str, ...] = ("ip", "netns", "exec", netns)
+    if cores is not None:
+        prefix = ("taskset", "-c", cores, *prefix)
     warm = run_wrk(url, headers, BODY, 1, 1, root, prefix=prefix)
     if warm.errors or not warm.requests:
         raise RuntimeError(f"{name}: the warm-up had {warm.errors} errors in {warm.requests} requests ({url})")
@@ -184,11 +216,15 @@ def _measure(
     return runs
 
 
-def _print(results: dict[str, list[Run]], duration: float) -> None:
+def _print(results: dict[str, list[Run]], duration: float, pinned: tuple[str, str] | None) -> None:
     print(
         f"\nTunnel bench: JSON chat completion, wrk in the client namespace, {duration:.0f} s per run, "
         f"{_implementation()}, {os.cpu_count()} cores"
     )
+    if pinned is not None:
+        print(
+            f"pinned: the gateway on cpu {pinned[0]}; wrk, wireguard-go, the agent and the providers on cpu {pinned[1]}"
+        )
     print(
         f"{'target':38} {'c=32 req/s':>10} {'x direct':>9} {'c=1 p50 ms':>11} {'+p50 ms':>8} {'errors':>7} "
         f"{'CPU µs/req c=1, c=32: gateway':>30} {'wireguard-go':>13} {'node provider':>14}"
@@ -226,17 +262,13 @@ def _print(results: dict[str, list[Run]], duration: float) -> None:
         f"at c=1; without them the tunnel adds {added - hops:+.2f} ms against public: {verdict} the public path"
     )
     own = [t.gateway_us - p.gateway_us for t, p in zip(tunnel, public, strict=True)]
-    verdict = "less than" if max(own) < 0 else "no more than" if max(own) <= 0 else "more than"
-    print(
-        f"the gateway's own CPU per request, tunnel against public: {own[0]:+.0f} µs at c=1, {own[1]:+.0f} µs at "
-        f"c=32: its tunnel side costs {verdict} its public side; wireguard-go spent {tunnel[0].wireguard_us:.0f} "
-        f"(c=1) and {tunnel[1].wireguard_us:.0f} (c=32) µs per tunnel request on the same cores"
-    )
     veth_run, wg_run = results[WG_ONLY[0]], results[WG_ONLY[1]]
     control = [w.provider_us - v.provider_us for v, w in zip(veth_run, wg_run, strict=True)]
     print(
-        f"the same control for a server without the gateway (the provider on the node's CPU per request, over "
-        f"WireGuard against over the veth): {control[0]:+.0f} µs at c=1, {control[1]:+.0f} µs at c=32"
+        f"the gateway's CPU per request, tunnel against public: {own[0]:+.0f} µs at c=1, {own[1]:+.0f} µs at c=32; "
+        f"a bare server behind the same hops (the provider on the node, over WireGuard against over the veth): "
+        f"{control[0]:+.0f} and {control[1]:+.0f} µs; wireguard-go spent {tunnel[0].wireguard_us:.0f} (c=1) and "
+        f"{tunnel[1].wireguard_us:.0f} (c=32) µs per tunnel request"
     )
 
 
@@ -247,6 +279,9 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--pin", action="store_true", help="the gateway alone on the first core, everything else on the others"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/tunnel.py needs root (network namespaces, WireGuard interfaces)", file=sys.stderr)
@@ -280,14 +315,16 @@ def main() -> int:
         }
         results: dict[str, list[Run]] = {}
         watch = (node.netns, client.netns)
+        pinned = _pin((*watch, up)) if args.pin else None
         for name, (url, authorization, host) in targets.items():
             headers = dict(JSON)
             if authorization:
                 headers["Authorization"] = authorization
             if host:
                 headers["Host"] = host
-            results[name] = _measure(name, client.netns, url, headers, args.duration, root, watch)
-        _print(results, args.duration)
+            cores = pinned[1] if pinned is not None else None
+            results[name] = _measure(name, client.netns, url, headers, args.duration, root, watch, cores)
+        _print(results, args.duration, pinned)
         return 0
     except Exception:
         if node is not None:
