@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from bench.gateway import BODY, WrkResult, run_wrk  # noqa: E402
+from bench.gateway import BODY, WrkResult, pin, run_wrk  # noqa: E402
+from bench.plumbing import cpu_seconds  # noqa: E402
 from tests.conftest import BIN  # noqa: E402
 from tests.netns.lab import Lab  # noqa: E402
 from tests.netns.test_client_access import (  # noqa: E402
@@ -152,21 +153,26 @@ class Run:
     provider_us: float
 
 
-def _cpu(namespaces: Sequence[str]) -> dict[str, int]:
-    """CPU ticks used so far by the gateway's processes, wireguard-go and the fake provider, in `namespaces`."""
-    ticks = {"gateway": 0, "wireguard-go": 0, "provider": 0}
+def _processes(namespaces: Sequence[str]) -> dict[str, list[int]]:
+    """The run's processes in `namespaces` by part: the gateway (every wardgate-cluster process), wireguard-go,
+    the fake providers, and the rest (the agent, the client)."""
+    parts: dict[str, list[int]] = {"gateway": [], "wireguard-go": [], "provider": [], "rest": []}
     markers = (("gateway", b"wardgate-cluster"), ("wireguard-go", b"wireguard-go"), ("provider", b"openai_provider"))
     for netns in namespaces:
         for pid in run("ip", "netns", "pids", netns).stdout.split():
             try:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes()
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # gone meanwhile
-            for part, marker in markers:
-                if marker in command:
-                    ticks[part] += int(fields[11]) + int(fields[12])  # utime + stime, every thread of the process
-    return ticks
+            part = next((part for part, marker in markers if marker in command), "rest")
+            parts[part].append(int(pid))
+    return parts
+
+
+def _cpu(namespaces: Sequence[str]) -> dict[str, float]:
+    """CPU seconds used so far by the gateway, wireguard-go and the fake provider in `namespaces`."""
+    parts = _processes(namespaces)
+    return {part: cpu_seconds(parts[part]) for part in ("gateway", "wireguard-go", "provider")}
 
 
 def _pin(namespaces: Sequence[str]) -> tuple[str, str]:
@@ -175,15 +181,10 @@ def _pin(namespaces: Sequence[str]) -> tuple[str, str]:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         raise RuntimeError("--pin needs at least 2 cores")
-    gateway, rest = str(cores[0]), ",".join(map(str, cores[1:]))
-    for netns in namespaces:
-        for pid in run("ip", "netns", "pids", netns).stdout.split():
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            run("taskset", "-a", "-p", "-c", gateway if b"wardgate-cluster" in command else rest, pid)
-    return gateway, rest
+    parts = _processes(namespaces)
+    pin(parts.pop("gateway"), cores[:1])
+    pin([pid for pids in parts.values() for pid in pids], cores[1:])
+    return str(cores[0]), ",".join(map(str, cores[1:]))
 
 
 def _measure(
@@ -206,12 +207,11 @@ def _measure(
     if warm.errors or not warm.requests:
         raise RuntimeError(f"{name}: the warm-up had {warm.errors} errors in {warm.requests} requests ({url})")
     runs = []
-    per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
     for c in (1, 32):
         before = _cpu(watch)
         wrk = run_wrk(url, headers, BODY, c, duration, root, prefix=prefix)
         after = _cpu(watch)
-        used = {part: (after[part] - before[part]) * per_tick / max(wrk.requests, 1) for part in after}
+        used = {part: (after[part] - before[part]) * 1e6 / max(wrk.requests, 1) for part in after}
         runs.append(Run(wrk, used["gateway"], used["wireguard-go"], used["provider"]))
     return runs
 
