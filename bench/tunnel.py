@@ -198,8 +198,8 @@ def _measure(
     cores: str | None,
 ) -> list[Run]:
     """A 1 s warm-up that must answer 200 only, then c=1 and c=32 for `duration` seconds each, with the CPU
-    that the gateway and wireguard-go (in the namespaces `watch`) spent per request meanwhile. wrk runs on
-    `cores` when given."""
+    that the gateway, wireguard-go and the node's provider (in the namespaces `watch`) spent per request
+    meanwhile. wrk runs on `cores` when given."""
     prefix: tuple[str, ...] = ("ip", "netns", "exec", netns)
     if cores is not None:
         prefix = ("taskset", "-c", cores, *prefix)
